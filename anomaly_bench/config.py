@@ -1,0 +1,94 @@
+"""YAML configuration: method files with named profiles, dataset cards, experiment files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly_bench.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+
+def config_dirs(kind: str) -> list[Path]:
+    """Where ``methods/`` or ``datasets/`` YAML files are looked up: ``$ANOMALY_BENCH_<KIND>_DIR``
+    (os.pathsep-separated), then the repository's top-level folder."""
+    env = os.environ.get(f"ANOMALY_BENCH_{kind.upper()}_DIR")
+    dirs = [Path(p) for p in env.split(os.pathsep)] if env else []
+    return dirs + [REPO_DIR / kind]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def check_keys(data: dict, allowed: set[str] | dict, where: str, required: set[str] = frozenset()) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    missing = sorted(set(required) - set(data))
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
+
+
+def method_yaml_path(name: str) -> Path | None:
+    for d in config_dirs("methods"):
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    return None
+
+
+METHOD_FILE_KEYS = {"method", "description", "reference", "params", "profiles", "resources"}
+
+
+def method_params(name: str, profile: str | None = None, overrides: dict | None = None,
+                  yaml_path: str | Path | None = None) -> dict[str, Any]:
+    """Resolve a method's parameters: class defaults ← YAML ``params`` ← YAML ``profiles[profile]``
+    ← ``overrides``. Every key is validated against the class's schema."""
+    from anomaly_bench.registry import get_method
+
+    cls = get_method(name)
+    path = Path(yaml_path) if yaml_path else method_yaml_path(name)
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+        check_keys(data, METHOD_FILE_KEYS, str(path))
+    profiles = {**cls.profiles, **(data.get("profiles") or {})}
+    params = dict(data.get("params") or {})
+    cls.validate_params(params, where=f"{path}: params")
+    if profile:
+        if profile not in profiles:
+            raise ConfigError(f"method '{name}': profile '{profile}' not defined "
+                              f"(in {path or cls.__module__}); available: {sorted(profiles)}")
+        prof = profiles[profile] or {}
+        cls.validate_params(prof, where=f"{path or name}: profiles.{profile}")
+        params.update(prof)
+    if overrides:
+        cls.validate_params(overrides, where=f"method '{name}' overrides")
+        params.update(overrides)
+    return cls.validate_params(params, where=f"method '{name}'")
+
+
+def method_resources(name: str, profile: str | None) -> dict[str, Any]:
+    path = method_yaml_path(name)
+    if path is None:
+        return {}
+    res = read_yaml(path).get("resources") or {}
+    return dict(res.get(profile, res.get("default", {})) if profile else res.get("default", {}))

@@ -1,0 +1,1 @@
+"""Dataset format loaders; each module registers its loaders with @register_format."""
