@@ -22,20 +22,24 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def batch_stream(data: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 drop_last: bool = True) -> Iterator[torch.Tensor]:
+                 drop_last: bool = True, start: int = 0) -> Iterator[torch.Tensor]:
     """Endless epochs of shuffled batches (indices drawn with ``generator``, so reproducible).
-    ``data`` may live on any device; batches are indexed there (no host copy)."""
+
+    ``data`` may live on any device; batches are indexed there (no host copy). ``start`` skips the first
+    ``start`` batches cheaply (only the permutations are drawn), so a resumed run that re-seeds the
+    generator and passes ``start=iteration`` sees exactly the batches an uninterrupted run would."""
     n = len(data)
     bs = min(batch_size, n)
+    stop = n - n % bs if drop_last else n
+    per_epoch = max(1, -(-stop // bs))
+    skip_epochs, offset = divmod(start, per_epoch)
+    for _ in range(skip_epochs):
+        torch.randperm(n, generator=generator)
     while True:
         perm = torch.randperm(n, generator=generator)
-        stop = n - n % bs if drop_last else n
-        for i in range(0, stop, bs):
+        for i in range(offset * bs, stop, bs):
             yield data[perm[i:i + bs].to(data.device)]
-
-
-def stream_state(generator: torch.Generator) -> torch.Tensor:
-    return generator.get_state()
+        offset = 0
 
 
 @torch.no_grad()

@@ -1,0 +1,216 @@
+"""Command line: ``anomaly-bench run | list | report | regress``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from anomaly_bench.errors import BenchError
+
+DEFAULT_EXPERIMENT = "default"
+
+
+def _experiment_path(name: str) -> Path:
+    from anomaly_bench.config import REPO_DIR
+
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return REPO_DIR / "experiments" / f"{name}.yaml"
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="anomaly-bench")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Benchmark unsupervised anomaly detection methods on medical images."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Experiment YAML (default: experiments/default.yaml: the phantom, every method, smoke profile).")
+@click.option("--dataset", "datasets", multiple=True, help="Dataset card name, card YAML or data path (repeatable).")
+@click.option("--method", "methods", multiple=True, help="Registered method name (repeatable). Default: all.")
+@click.option("--profile", default=None, help="Method profile: smoke, ci, paper, ...")
+@click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2.")
+@click.option("--setting", "settings", multiple=True, type=click.Choice(["inductive", "transductive"]))
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default runs/<name>).")
+@click.option("--plugin", "plugins", multiple=True, help="Plugin .py file or module that registers methods.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="Folder holding the datasets (replaces ../shared/data in the cards).")
+@click.option("--train-sets", default=None, type=click.Choice(["healthy", "mixed+healthy", "mixed_union"]),
+              help="Override every method's training sets.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, train_sets,
+        no_progress) -> None:
+    """Train and score every (dataset, method, seed) job; write tables and plots. Resumes if interrupted."""
+    from anomaly_bench.config import read_yaml
+    from anomaly_bench.experiment import MethodSpec, parse_experiment
+    from anomaly_bench.registry import list_methods, load_plugin
+    from anomaly_bench.runner import Runner
+
+    try:
+        for p in plugins:
+            load_plugin(p)
+        path = _experiment_path(config or DEFAULT_EXPERIMENT)
+        data = read_yaml(path)
+        exp = parse_experiment(data, where=str(path))
+        exp.plugins = list(dict.fromkeys([*exp.plugins, *plugins]))
+        if datasets:
+            from anomaly_bench.experiment import DatasetSpec
+
+            exp.datasets = [DatasetSpec(card=d) for d in datasets]
+        if methods:
+            by_key = {m.key: m for m in exp.methods}
+            exp.methods = [by_key.get(m, MethodSpec(name=m)) for m in methods]
+        elif not exp.methods:
+            exp.methods = [MethodSpec(name=m) for m in list_methods()]
+        if profile:
+            exp.profile = profile
+            for m in exp.methods:
+                m.profile = None
+        if seeds:
+            try:
+                exp.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+            except ValueError:
+                raise BenchError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+        if settings:
+            exp.settings = list(settings)
+        if device:
+            exp.device = device
+        if train_sets:
+            for m in exp.methods:
+                m.train_sets = train_sets
+        if not exp.datasets:
+            raise BenchError(f"{path}: no datasets; add `datasets:` or pass --dataset")
+        out_dir = Path(out or Path("runs") / exp.name)
+        click.echo(f"anomaly-bench run: {len(exp.datasets)} dataset(s) x {len(exp.methods)} method(s) x "
+                   f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}")
+        info = Runner(exp, out_dir, data_root=data_root, progress=not no_progress).run()
+    except BenchError as exc:
+        _fail(exc)
+    click.echo(f"done in {info['wall_seconds']} s: {out_dir}/table.md")
+    if info["failed_jobs"]:
+        click.secho(f"{len(info['failed_jobs'])} job(s) failed: {', '.join(info['failed_jobs'])} "
+                    f"(reasons in their job.json; rerun to retry them)", fg="yellow", err=True)
+        sys.exit(1)
+
+
+@main.command(name="list")
+@click.argument("what", type=click.Choice(["methods", "datasets", "profiles"]))
+@click.option("--plugin", "plugins", multiple=True)
+def list_(what: str, plugins) -> None:
+    """List registered methods, dataset cards (and whether their data is present), or profiles."""
+    from anomaly_bench.registry import METHODS, load_plugin
+
+    try:
+        for p in plugins:
+            load_plugin(p)
+        if what in ("methods", "profiles"):
+            from anomaly_bench.config import method_yaml_path, read_yaml
+
+            for name in METHODS.names():
+                cls = METHODS.get(name)
+                path = method_yaml_path(name)
+                profs = sorted({**cls.profiles, **((read_yaml(path).get("profiles") or {}) if path else {})})
+                doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                click.echo(f"{name:20s} trains on {cls.default_train_sets:14s} profiles {','.join(profs):22s} "
+                           f"{doc}")
+        else:
+            from anomaly_bench.data.loading import list_cards
+
+            for c in list_cards():
+                mark = click.style("present", fg="green") if c["present"] else click.style("absent ", fg="yellow")
+                click.echo(f"{c['name']:24s} {c['format']:14s} {mark} {c.get('root') or '(embedded)'}")
+    except BenchError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--html", is_flag=True, help="Also write one self-contained report.html.")
+@click.option("--threshold-rule", default="youden", type=click.Choice(["youden", "equal_error"]))
+def report(run_dir: str, html: bool, threshold_rule: str) -> None:
+    """Rebuild tables and figures of RUN_DIR from its saved scores."""
+    from anomaly_bench.runner import build_reports
+
+    try:
+        build_reports(run_dir, threshold_rule)
+        if html:
+            from anomaly_bench.reports import write_html_report
+
+            p = write_html_report(run_dir)
+            click.echo(f"wrote {p}")
+    except BenchError as exc:
+        _fail(exc)
+    click.echo(f"wrote {Path(run_dir) / 'table.md'}")
+
+
+@main.command()
+@click.option("--reference", default=None, type=click.Path(dir_okay=False),
+              help="Reference JSON (default results/reference/regression.json).")
+@click.option("--tolerance", default=None, type=float,
+              help="Allowed drop of AUC/AP (default: the reference's, else 0.01).")
+@click.option("--experiment", default=None, type=click.Path(dir_okay=False),
+              help="Regression experiment YAML (default experiments/regression.yaml).")
+@click.option("--out", default="runs/regress", type=click.Path(file_okay=False), show_default=True)
+@click.option("--data-root", default=None, type=click.Path(file_okay=False))
+@click.option("--update", is_flag=True, help="Rewrite the reference with this run's values.")
+@click.option("--fresh/--resume", default=True, show_default=True,
+              help="Start from an empty output folder (default) or reuse finished jobs.")
+def regress(reference, tolerance, experiment, out, data_root, update, fresh) -> None:
+    """Run the regression experiment and compare AUC/AP with the committed reference."""
+    import json
+    import shutil
+
+    from anomaly_bench import regress as rg
+
+    ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
+    out_dir = Path(out)
+    try:
+        ref = json.loads(ref_path.read_text()) if ref_path.exists() else None
+        if ref is None and not update:
+            raise BenchError(f"reference {ref_path} not found; create it with `anomaly-bench regress --update`")
+        tol = tolerance if tolerance is not None else float((ref or {}).get("tolerance", 0.01))
+        if fresh and out_dir.exists():
+            shutil.rmtree(out_dir)
+        metrics, scores, info, skipped = rg.run_regression(out_dir, Path(experiment) if experiment else
+                                                           rg.DEFAULT_EXPERIMENT, data_root)
+        new = rg.summarise(metrics)
+        click.echo(f"\nregression run: {info['regress_seconds']} s on {info['device']} "
+                   f"({info['versions']['cpu_threads']} threads)")
+        if update:
+            kept = {k: v for k, v in ((ref or {}).get("values") or {}).items() if k.split("|")[0] in skipped}
+            rg.write_reference(ref_path, {**kept, **new}, info, tol)
+            click.echo(f"reference written: {ref_path} ({len(new)} values; commit it with the reason)")
+            return
+        cmp = rg.compare(ref, new, tol, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped)
+        click.echo(rg.format_table(cmp.table))
+        (out_dir / "regression_comparison.csv").parent.mkdir(parents=True, exist_ok=True)
+        cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)
+        for line in cmp.improvements:
+            click.secho(f"improved: {line}", fg="green")
+        if skipped:
+            click.secho(f"note: datasets skipped for lack of data: {sorted(skipped)}", fg="yellow")
+        if not cmp.ok:
+            click.secho(f"\nREGRESSION: {len(cmp.problems)} problem(s) (tolerance {tol}):", fg="red", err=True)
+            for p in cmp.problems:
+                click.secho(f"  - {p}", fg="red", err=True)
+            sys.exit(1)
+        click.secho(f"\nregression check passed (tolerance {tol})", fg="green")
+    except BenchError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,122 @@
+"""Convolutional autoencoder: the reference method that proves the pipeline.
+
+A standard baseline of the field (e.g. Baur et al., MedIA 2021, "Autoencoders for unsupervised anomaly
+segmentation in brain MR images"): a strided-conv encoder to a spatial bottleneck, a mirrored decoder,
+trained with the L1 or L2 reconstruction loss on healthy images. Score = mean |x − x̂| per image
+(``score_norm: l1``) or mean (x − x̂)² (``l2``); map = |x − x̂|.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.nn.common import batch_stream, map_batches, seed_everything
+from anomaly_bench.registry import register_method
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder: ``depth`` conv(4, stride 2)+BN+LeakyReLU stages doubling the width; 1x1 bottleneck conv to
+    ``latent_channels``; decoder mirrors it with transposed convs; tanh output."""
+
+    def __init__(self, channels: int = 1, width: int = 32, depth: int = 4, latent_channels: int = 64):
+        super().__init__()
+        enc, dec, c = [], [], channels
+        widths = [width * 2**i for i in range(depth)]
+        for w in widths:
+            enc += [nn.Conv2d(c, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True)]
+            c = w
+        enc += [nn.Conv2d(c, latent_channels, 1)]
+        dec += [nn.Conv2d(latent_channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        for w in reversed([channels] + widths[:-1]):
+            last = w == channels and len(dec) >= 3 * depth
+            dec += [nn.ConvTranspose2d(c, w, 4, 2, 1, bias=last)]
+            if not last:
+                dec += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        dec += [nn.Tanh()]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+@register_method("autoencoder")
+class Autoencoder(AnomalyMethod):
+    """Convolutional autoencoder trained on healthy set B (see module docstring)."""
+
+    default_train_sets = "healthy"
+    defaults = {"width": 32, "depth": 4, "latent_channels": 64, "iterations": 2000, "batch_size": 32,
+                "lr": 1.0e-3, "loss": "l2", "score_norm": "l1", "log_every": 50, "checkpoint_every": 0,
+                "resume_every": 200}
+    choices = {"loss": ("l1", "l2"), "score_norm": ("l1", "l2")}
+
+    def _build(self, channels: int) -> None:
+        p = self.params
+        self.net = ConvAutoencoder(channels, p["width"], p["depth"], p["latent_channels"]).to(self.device)
+
+    def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "Autoencoder":
+        ctx = ctx or FitContext(progress=False)
+        p, dev = self.params, self.device
+        size = train.image_shape[-1]
+        if size % 2 ** p["depth"]:
+            raise ValueError(f"autoencoder: image size {size} must be divisible by 2**depth={2 ** p['depth']}")
+        gen = seed_everything(p["seed"])
+        self.channels = train.image_shape[0]
+        self._build(self.channels)
+        opt = torch.optim.Adam(self.net.parameters(), lr=p["lr"])
+        start = 0
+        state = ctx.load_resume()
+        if state is not None:
+            self.net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            torch.set_rng_state(state["torch_rng"])
+            start = state["iteration"]
+        data = train.healthy.to(dev)
+        stream = batch_stream(data, p["batch_size"], gen, start=start)
+        loss_fn = nn.functional.mse_loss if p["loss"] == "l2" else nn.functional.l1_loss
+        self.net.train()
+        running = torch.zeros((), device=dev)
+        with ctx.progress_bar(p["iterations"], "autoencoder", initial=start) as bar:
+            for it in range(start + 1, p["iterations"] + 1):
+                x = next(stream)
+                loss = loss_fn(self.net(x), x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.detach()
+                bar.update(1)
+                if it % p["log_every"] == 0 or it == p["iterations"]:
+                    n = p["log_every"] if it % p["log_every"] == 0 else it % p["log_every"]
+                    value = float(running) / n
+                    running.zero_()
+                    bar.set_postfix(loss=f"{value:.4f}")
+                    ctx.log_losses(it, {"recon": value})
+                if ctx.wants_checkpoint(it):
+                    ctx.save_selection_checkpoint(it, self.state_dict())
+                if p["resume_every"] and it % p["resume_every"] == 0 and it < p["iterations"]:
+                    ctx.save_resume({"net": self.net.state_dict(), "opt": opt.state_dict(), 
+                                     "torch_rng": torch.get_rng_state(), "iteration": it})
+        self.fitted_ = True
+        return self
+
+    def _residual(self, x: torch.Tensor):
+        rec = self.net(x)
+        return rec, (x - rec).abs()
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        self.net.eval()
+        rec, res = map_batches(self._residual, images, 64, self.device)
+        per_pixel = res if self.params["score_norm"] == "l1" else res**2
+        scores = per_pixel.flatten(1).mean(1)
+        return ScoreResult(scores.double().numpy(), maps=res[:, 0].numpy(), reconstructions=rec[:, 0].numpy())
+
+    def state_dict(self) -> dict:
+        return {"channels": self.channels, "net": {k: v.cpu() for k, v in self.net.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.channels = state["channels"]
+        self._build(self.channels)
+        self.net.load_state_dict(state["net"])
+        self.fitted_ = True
