@@ -1,0 +1,130 @@
+"""End-to-end runner behaviour on a tiny phantom: outputs, resume, determinism, failures, lock, plugins."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from anomaly_bench.cli import main
+from anomaly_bench.errors import BenchError
+from anomaly_bench.experiment import parse_experiment
+from anomaly_bench.runner import Runner
+from conftest import EXAMPLE_PLUGIN
+
+TINY_CARD = {"name": "tiny", "format": "phantom", "image_size": 64,
+             "phantom": {"n_subjects": 40, "slices_per_subject": 3, "seed": 5},
+             "split": {"test_size": 0.3, "holdout_fraction": 0.15}}
+
+
+def tiny_experiment(**over):
+    data = {"name": "t", "profile": "smoke", "seeds": [0], "settings": ["inductive", "transductive"],
+            "device": "cpu", "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)],
+            "methods": [{"name": "autoencoder", "params": {"iterations": 30, "checkpoint_every": 10}},
+                        "pixel_knn"], "n_maps": 4}
+    data.update(over)
+    return parse_experiment(data)
+
+
+def test_run_writes_every_output_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    lines = []
+    Runner(tiny_experiment(), out, progress=False, echo=lines.append).run()
+    for name in ("table.md", "table.tex", "metrics.csv", "scores.csv", "roc_tiny.png", "maps_tiny.png",
+                 "run.json", "experiment.yaml", "splits/tiny_seed0.csv"):
+        assert (out / name).is_file(), name
+    table = (out / "table.md").read_text()
+    assert "autoencoder" in table and "pixel_knn" in table
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert set(metrics["setting"]) == {"inductive", "transductive"}
+    assert {"auc", "ap", "precision", "recall", "specificity", "f1"} <= set(metrics["metric"])
+    # AUCp selection ran for the method that saves checkpoints, and its rows are labelled
+    sel = pd.read_csv(out / "jobs/tiny/autoencoder/seed0/selection.csv")
+    assert list(sel["iteration"]) == [10, 20, 30] and sel["aucp"].between(0, 1).all()
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores[scores.method == "autoencoder"]["selection"]) == {"last", "aucp"}
+    assert set(scores[scores.method == "pixel_knn"]["selection"]) == {"last"}
+    job = json.loads((out / "jobs/tiny/autoencoder/seed0/job.json").read_text())
+    for key in ("fit_seconds", "score_seconds", "peak_rss_mb", "versions", "data_fingerprint", "profile", "device"):
+        assert key in job, key
+    assert job["versions"]["torch"] and job["profile"] == "smoke"
+    # no image is both trained on and tested
+    manifest = pd.read_csv(out / "splits/tiny_seed0.csv")
+    assert manifest.groupby("subject")["role"].nunique().max() == 1
+    # rerun: everything is skipped, results unchanged
+    before = scores.copy()
+    lines.clear()
+    Runner(tiny_experiment(), out, progress=False, echo=lines.append).run()
+    assert sum("skipped" in ln for ln in lines) == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "scores.csv"), before)
+
+
+def test_same_seed_same_split_and_scores(tmp_path):
+    exp = tiny_experiment(methods=[{"name": "autoencoder", "params": {"iterations": 20}}], settings=["inductive"])
+    Runner(exp, tmp_path / "a", progress=False, echo=lambda s: None).run()
+    Runner(tiny_experiment(methods=[{"name": "autoencoder", "params": {"iterations": 20}}],
+                           settings=["inductive"]), tmp_path / "b", progress=False, echo=lambda s: None).run()
+    a, b = pd.read_csv(tmp_path / "a/scores.csv"), pd.read_csv(tmp_path / "b/scores.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert (tmp_path / "a/splits/tiny_seed0.csv").read_text() == (tmp_path / "b/splits/tiny_seed0.csv").read_text()
+
+
+def test_failed_job_is_recorded_and_others_continue(tmp_path):
+    plugin = tmp_path / "diverging.py"
+    plugin.write_text(
+        "import numpy as np\n"
+        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.registry import register_method\n"
+        "@register_method('diverging_for_test', overwrite=True)\n"
+        "class Diverging(AnomalyMethod):\n"
+        "    def fit(self, train, ctx=None):\n"
+        "        (ctx or FitContext()).log_losses(7, {'loss_d': float('nan')})\n"
+        "    def score(self, images):\n"
+        "        return ScoreResult(np.zeros(len(images)))\n"
+        "    def state_dict(self):\n        return {}\n"
+        "    def load_state_dict(self, s):\n        pass\n")
+    exp = tiny_experiment(plugins=[str(EXAMPLE_PLUGIN), str(plugin)], settings=["inductive"],
+                          methods=["diverging_for_test", "pixel_knn"])
+    info = Runner(exp, tmp_path / "run", progress=False, echo=lambda s: None).run()
+    assert info["failed_jobs"] == ["tiny/diverging_for_test/seed0"]
+    job = json.loads((tmp_path / "run/jobs/tiny/diverging_for_test/seed0/job.json").read_text())
+    assert job["status"] == "failed" and "loss_d" in job["error"] and "iteration 7" in job["error"]
+    assert json.loads((tmp_path / "run/jobs/tiny/pixel_knn/seed0/job.json").read_text())["status"] == "done"
+    assert "failed" in (tmp_path / "run/table.md").read_text()
+
+
+def test_lock_refuses_a_second_runner(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(f"{os.getpid()} now\n")
+    with pytest.raises(BenchError, match="another anomaly-bench process"):
+        Runner(tiny_experiment(), out, progress=False, echo=lambda s: None).run()
+    (out / ".lock").write_text("999999999 stale\n")  # a dead pid: the stale lock is taken over
+    Runner(tiny_experiment(methods=["pixel_knn"]), out, progress=False, echo=lambda s: None).run()
+    assert not (out / ".lock").exists()
+
+
+def test_cli_plugin_file_is_discovered_trained_and_tabled(tmp_path):
+    card = tmp_path / "tiny.yaml"
+    card.write_text(yaml.safe_dump(TINY_CARD))
+    res = CliRunner().invoke(main, ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "pixel_knn",
+                                    "--dataset", str(card), "--out", str(tmp_path / "out"), "--device", "cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "pixel_knn" in (tmp_path / "out/table.md").read_text()
+    listed = CliRunner().invoke(main, ["list", "methods", "--plugin", str(EXAMPLE_PLUGIN)])
+    assert listed.exit_code == 0 and "pixel_knn" in listed.output and "autoencoder" in listed.output
+
+
+def test_cli_rejects_unknown_method_and_bad_experiment_keys(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--method", "no_such_method", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "unknown method 'no_such_method'" in res.output
+    bad = tmp_path / "exp.yaml"
+    bad.write_text("name: x\nseeds: [0]\ndatasetz: [phantom]\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(bad), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "datasetz" in res.output
+    bad.write_text("name: x\ndatasets: [phantom]\nmethods: [{name: autoencoder, params: {itertions: 3}}]\n")
+    res = CliRunner().invoke(main, ["run", "--config", str(bad), "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 2 and "itertions" in res.output
