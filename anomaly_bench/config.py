@@ -73,7 +73,9 @@ def method_params(name: str, profile: str | None = None, overrides: dict | None 
     profiles = {**cls.profiles, **(data.get("profiles") or {})}
     params = dict(data.get("params") or {})
     cls.validate_params(params, where=f"{path}: params")
-    if profile:
+    if profile and not profiles:
+        pass  # a plugin with no YAML and no profiles: its class defaults are its only configuration
+    elif profile:
         if profile not in profiles:
             raise ConfigError(f"method '{name}': profile '{profile}' not defined "
                               f"(in {path or cls.__module__}); available: {sorted(profiles)}")
