@@ -48,11 +48,14 @@ def main(verbose: bool) -> None:
 @click.option("--plugin", "plugins", multiple=True, help="Plugin .py file or module that registers methods.")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="Folder holding the datasets (replaces ../shared/data in the cards).")
+@click.option("--image-size", type=int, default=None, help="Resize every dataset to this size (power of two >= 32).")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default=None,
+              help="Unreadable images: stop with the file's name (error) or leave them out and list them (skip).")
 @click.option("--train-sets", default=None, type=click.Choice(["healthy", "mixed+healthy", "mixed_union"]),
               help="Override every method's training sets.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
-def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, train_sets,
-        no_progress) -> None:
+def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, image_size,
+        on_bad_image, train_sets, no_progress) -> None:
     """Train and score every (dataset, method, seed) job; write tables and plots. Resumes if interrupted."""
     from anomaly_bench.config import read_yaml
     from anomaly_bench.experiment import MethodSpec, parse_experiment
@@ -88,6 +91,9 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             exp.settings = list(settings)
         if device:
             exp.device = device
+        for d in exp.datasets:
+            d.image_size = image_size or d.image_size
+            d.on_bad_image = on_bad_image or d.on_bad_image
         if train_sets:
             for m in exp.methods:
                 m.train_sets = train_sets
@@ -145,12 +151,9 @@ def report(run_dir: str, html: bool, threshold_rule: str) -> None:
     from anomaly_bench.runner import build_reports
 
     try:
-        build_reports(run_dir, threshold_rule)
+        build_reports(run_dir, threshold_rule, html=html)
         if html:
-            from anomaly_bench.reports import write_html_report
-
-            p = write_html_report(run_dir)
-            click.echo(f"wrote {p}")
+            click.echo(f"wrote {Path(run_dir) / 'report.html'}")
     except BenchError as exc:
         _fail(exc)
     click.echo(f"wrote {Path(run_dir) / 'table.md'}")

@@ -378,7 +378,7 @@ def collect_scores(out: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def build_reports(out: str | Path, threshold_rule: str = "youden") -> None:
+def build_reports(out: str | Path, threshold_rule: str = "youden", html: bool = True) -> None:
     """(Re)build scores.csv, metrics.csv, tables and figures from the saved per-job scores."""
     from anomaly_bench.metrics import compute_metrics
     from anomaly_bench.reports import write_reports
@@ -397,7 +397,7 @@ def build_reports(out: str | Path, threshold_rule: str = "youden") -> None:
                         "selection": "last", "seed": meta["seed"], "level": "pixel", "metric": k, "value": v})
     if pix:
         metrics = pd.concat([metrics, pd.DataFrame(pix)], ignore_index=True)
-    write_reports(out, metrics, scores)
+    write_reports(out, metrics, scores, threshold_rule=threshold_rule, html=html)
 
 
 def _short_dup(rep: dict | None) -> dict | None:
