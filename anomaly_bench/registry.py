@@ -27,6 +27,7 @@ class Registry:
         self.kind, self.builtin_package, self.group = kind, builtin_package, group
         self._items: dict[str, Any] = {}
         self._origin: dict[str, str] = {}
+        self.unavailable: dict[str, str] = {}
         self._loaded = False
 
     def register(self, name: str, obj: Any, origin: str, overwrite: bool = False) -> None:
@@ -43,8 +44,18 @@ class Registry:
         self._loaded = True
         pkg = importlib.import_module(self.builtin_package)
         for mod in pkgutil.iter_modules(pkg.__path__):
-            if not mod.name.startswith("_"):
+            if mod.name.startswith("_"):
+                continue
+            try:
                 importlib.import_module(f"{self.builtin_package}.{mod.name}")
+            except ModuleNotFoundError as exc:
+                # a third-party dependency of one family is missing (e.g. anomalib for PaDiM/PatchCore):
+                # the other families stay usable; the missing one is named with the fix
+                if exc.name and exc.name.split(".")[0] == "anomaly_bench":
+                    raise
+                self.unavailable[mod.name] = f"needs the package '{exc.name}' (pip install it)"
+                print(f"warning: built-in {self.kind} module '{mod.name}' unavailable: "
+                      f"{self.unavailable[mod.name]}", file=sys.stderr)
         for ep in importlib.metadata.entry_points(group=self.group):
             try:
                 ep.load()  # importing the module runs its @register_* decorators
@@ -55,7 +66,8 @@ class Registry:
     def get(self, name: str) -> Any:
         self._ensure_loaded()
         if name not in self._items:
-            raise ConfigError(f"unknown {self.kind} '{name}'; registered: {sorted(self._items)}. "
+            hint = f" ({name}: {self.unavailable[name]})" if name in self.unavailable else ""
+            raise ConfigError(f"unknown {self.kind} '{name}'{hint}; registered: {sorted(self._items)}. "
                               f"A plugin {self.kind} must be loaded with --plugin or an entry point "
                               f"in the group '{self.group}'")
         return self._items[name]
