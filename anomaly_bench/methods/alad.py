@@ -1,0 +1,544 @@
+"""ALAD: Adversarially Learned Anomaly Detection (Zenati et al., ICDM 2018), from scratch in PyTorch.
+
+Authors' code: houssamzenati/Adversarially-Learned-Anomaly-Detection@1f1c3109 (TensorFlow 1),
+``alad/cifar10_utilities.py`` (networks), ``alad/run.py`` (losses, schedule, scores), ``utils/sn.py``.
+
+What follows the authors' code
+------------------------------
+* Networks (CIFAR-10 variant, generalised, see "Scaling"): encoder E(x)->z (latent 100), generator G(z)->x,
+  D_xz(x, z), D_xx(x, x'), D_zz(z, z'). Weights N(0, 0.01), zero biases, LeakyReLU 0.2, dropout 0.2 in the
+  discriminators, BatchNorm = ``tf.layers.batch_normalization`` -> ``BatchNorm2d(eps=1e-3, momentum=0.01)``.
+* Spectral norm (``--sn``, which the authors always use for ALAD) on exactly the layers the code builds
+  through ``sn``: E's stride-2 convs, D_xz's x-branch, z-branch and joint hidden layer, D_xx's convs and
+  D_zz's two hidden layers; never on a network's last layer and never on G. One power iteration with a
+  persistent ``u`` (``torch.nn.utils.parametrizations.spectral_norm``).
+* Losses (sigmoid BCE with logits, batch means): D_xz ``BCE(D(x,E(x)),1)+BCE(D(G(z),z),0)``; D_xx
+  ``BCE(D(x,x),1)+BCE(D(x,G(E(x))),0)``; D_zz ``BCE(D(z,z),1)+BCE(D(z,E(G(z))),0)``. G/E: ``BCE(D_xz(G(z),z),1)``
+  / ``BCE(D_xz(x,E(x)),0)`` plus the label-flipped cycle terms ``cost_x = BCE(D_xx(x,x),0)+BCE(D_xx(x,x^),1)``
+  and (``enable_dzz``, the authors' setting) ``cost_z`` likewise. D_zz is trained every step regardless.
+* Optimisation: 5 separate Adam(2e-4, betas (0.5, 0.999)); per iteration one step of all three Ds on
+  batch ``trainx[t]`` with fresh z, then one G+E step on ``trainx_copy[t]`` (a separately shuffled copy of
+  the training set) with fresh z. G/E are stepped from one backward of ``L_G + L_E`` (the adversarial term
+  of each does not depend on the other network, so the gradients equal the authors' two ops).
+  BN moving statistics of a network are updated only by its own optimiser step (TF ``UPDATE_OPS``
+  tied per network): E/G statistics are frozen during the D step, D_xz's during the G/E step.
+* EMA (decay 0.999) of the weights; scoring uses the EMA weights of E, G and D_xx, in eval mode (BN
+  moving statistics, dropout off). Buffers (BN statistics, spectral-norm ``u``/``v``) are copied from the
+  live networks, like TF's non-trainable variables.
+* Score (``score: fm``, the paper's): ``|| f_xx(x, x) - f_xx(x, G(E(x))) ||_1`` on D_xx's flattened
+  intermediate layer. ``ch``, ``l1``, ``l2`` (the code's other scores) are available.
+* ``dxx_concat: height`` (default) reproduces the code: ``tf.concat([x, x'], axis=1)`` in NHWC stacks the two
+  images vertically. ``channel`` is the "natural" channel concat (a deviation).
+
+Scaling (not in the authors' repository: they only have 32x32 nets)
+-------------------------------------------------------------------
+One stride-2 stage per doubling, keeping a 4x4 bottleneck: ``n = log2(H/4)`` stages (3 at 32 px, 4 at 64,
+5 at 128, 6 at 256). Stage widths double up to ``channels`` at the 4x4 stage: ``channels / 2**(n-1-i)``
+(512 -> [128, 256, 512] at 32 px = the authors' widths; [64, 128, 256, 512] at 64 px). G mirrors E
+(VALID 4x4 transposed conv from 1x1, then ``n`` stride-2 transposed convs, 1 output channel, tanh).
+D_xz's x-branch uses E's widths; its z-branch width is ``channels`` and its joint hidden layer
+``2 * channels`` (512 / 1024 for the default, as in the code). D_xx's first conv has ``channels/8`` filters
+(64), doubling per conv up to ``channels``; with ``dxx_extra_convs: true`` (default, recommended in the spec)
+it has ``2 + log2(H/32)`` k5 s2 convs so the feature map stays 16x8 (height concat) as for CIFAR; with
+``false`` it keeps the code's two convs (a larger feature vector). Images must be square, a power of 2,
+at least 32 px.
+
+Deviations (with reasons)
+-------------------------
+* Fixed budget (``epochs`` or ``iterations``) instead of the code's early stopping on a validation split,
+  which also tested the last (not the best) weights; model selection is the harness's job (AUCp).
+* Spectral norm at test: torch's parametrisation does no power iteration in eval mode; TF's ``sn`` also ran
+  one at test time (a tiny difference in sigma).
+* BN moving statistics: in TF the EMA-weight test graph's BN update ops also sit in ``UPDATE_OPS`` and ran
+  in each G/E step; here only the live forward passes update them.
+* EMA is kept only for E, G and D_xx (the networks scoring uses), not for D_xz and D_zz.
+* ``return_maps``: the per-pixel map ``|x - G(E(x))|`` (EMA weights) is **not in the original** (ALAD has no
+  pixel map); the image score is unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from anomaly_bench.errors import ConfigError
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.nn.common import EMA, map_batches, seed_everything, set_requires_grad
+from anomaly_bench.registry import register_method
+
+LEAK = 0.2
+DROPOUT = 0.2
+INIT_STD = 0.01
+
+
+# --------------------------------------------------------------------------------------------------
+# small shared helpers (also used by alocc.py)
+# --------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def keep_bn_stats(*modules: nn.Module):
+    """Train-mode BatchNorm forwards that use batch statistics but leave the running statistics alone
+    (``track_running_stats`` is switched off for the duration; no in-place change, so autograd is safe)."""
+    bns = [bn for m in modules for bn in m.modules()
+           if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats]
+    for bn in bns:
+        bn.track_running_stats = False
+    try:
+        yield
+    finally:
+        for bn in bns:
+            bn.track_running_stats = True
+
+
+class EpochSampler:
+    """Reproducible, resumable epochs of shuffled index batches (drop-last).
+
+    ``streams`` independent permutations are drawn per epoch (ALAD: one for the D step, one for the G/E
+    step). The state is the generator state at the start of the current epoch plus the position, so a
+    resumed run replays exactly the same batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, streams: int = 1,
+                 shuffle: bool = True):
+        self.n, self.bs, self.gen, self.streams, self.shuffle = n, min(batch_size, n), generator, streams, shuffle
+        self.batches_per_epoch = n // self.bs
+        self.epoch, self.pos = 0, 0
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self._epoch_state = self.gen.get_state()
+        if self.shuffle:
+            self.perms = [torch.randperm(self.n, generator=self.gen) for _ in range(self.streams)]
+        else:
+            self.perms = [torch.arange(self.n) for _ in range(self.streams)]
+
+    def next(self) -> list[torch.Tensor]:
+        if self.pos >= self.batches_per_epoch:
+            self.epoch += 1
+            self.pos = 0
+            self._start_epoch()
+        s = slice(self.pos * self.bs, (self.pos + 1) * self.bs)
+        self.pos += 1
+        return [p[s] for p in self.perms]
+
+    def state_dict(self) -> dict:
+        return {"epoch_state": self._epoch_state.clone(), "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["epoch_state"])
+        self.epoch = state["epoch"]
+        self._start_epoch()
+        self.pos = state["pos"]
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def pow2_size(image_shape: tuple[int, int, int], minimum: int, method: str) -> int:
+    c, h, w = image_shape
+    if h != w or h < minimum or h & (h - 1):
+        raise ConfigError(f"{method}: images must be square with a power-of-2 side >= {minimum}, got {h}x{w}")
+    return h
+
+
+# --------------------------------------------------------------------------------------------------
+# networks
+# --------------------------------------------------------------------------------------------------
+def _init(m: nn.Module) -> nn.Module:
+    """Authors' init: N(0, 0.01) kernels, zero biases (BN: gamma 1, beta 0, the torch default)."""
+    nn.init.normal_(m.weight, 0.0, INIT_STD)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    return m
+
+
+def _layer(m: nn.Module, sn: bool) -> nn.Module:
+    _init(m)  # initialise before wrapping, so that the spectral norm's u/v start from the real weight
+    return spectral_norm(m, n_power_iterations=1) if sn else m
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)  # tf.layers.batch_normalization defaults
+
+
+def stage_widths(size: int, channels: int) -> list[int]:
+    """Widths of the stride-2 stages from the input side: doubling up to ``channels`` at 4x4."""
+    n = int(math.log2(size // 4))
+    return [max(channels // 2 ** (n - 1 - i), 1) for i in range(n)]
+
+
+def dxx_widths(size: int, channels: int, extra_convs: bool) -> list[int]:
+    n = 2 + (int(math.log2(size // 32)) if extra_convs else 0)
+    first = max(channels // 8, 1)
+    return [min(first * 2 ** i, channels) for i in range(n)]
+
+
+class Encoder(nn.Module):
+    """x -> z: ``n`` conv k4 s2 SAME [SN] + BN + LReLU stages, then conv k4 VALID (4x4 -> 1x1) -> latent."""
+
+    def __init__(self, size: int, in_ch: int, latent: int, channels: int, sn: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_prev = in_ch
+        for c in stage_widths(size, channels):
+            layers += [_layer(nn.Conv2d(c_prev, c, 4, 2, 1), sn), _bn(c), nn.LeakyReLU(LEAK)]
+            c_prev = c
+        layers.append(_init(nn.Conv2d(c_prev, latent, 4, 1, 0)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)
+
+
+class Generator(nn.Module):
+    """z -> x: convT k4 VALID (1x1 -> 4x4) + BN + ReLU, then stride-2 convT stages, last one -> C + tanh."""
+
+    def __init__(self, size: int, out_ch: int, latent: int, channels: int):
+        super().__init__()
+        widths = stage_widths(size, channels)[::-1]
+        layers: list[nn.Module] = [_init(nn.ConvTranspose2d(latent, widths[0], 4, 1, 0)), _bn(widths[0]), nn.ReLU()]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [_init(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)), _bn(c_out), nn.ReLU()]
+        layers += [_init(nn.ConvTranspose2d(widths[-1], out_ch, 4, 2, 1)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DiscriminatorXZ(nn.Module):
+    """(x, z) -> logit, intermediate. x-branch = E's widths (first stage without BN), flattened 4x4xC;
+    z-branch 2 x (dense ``channels`` [SN], LReLU, dropout); joint dense ``2*channels`` [SN] (intermediate), dense 1."""
+
+    def __init__(self, size: int, in_ch: int, latent: int, channels: int, sn: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_prev = in_ch
+        for i, c in enumerate(stage_widths(size, channels)):
+            layers.append(_layer(nn.Conv2d(c_prev, c, 4, 2, 1), sn))
+            if i > 0:
+                layers.append(_bn(c))
+            layers.append(nn.LeakyReLU(LEAK))
+            c_prev = c
+        self.x_net = nn.Sequential(*layers, nn.Flatten())
+        self.z_net = nn.Sequential(
+            _layer(nn.Linear(latent, channels), sn), nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT),
+            _layer(nn.Linear(channels, channels), sn), nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT))
+        self.joint = nn.Sequential(_layer(nn.Linear(c_prev * 16 + channels, 2 * channels), sn),
+                                   nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT))
+        self.out = _init(nn.Linear(2 * channels, 1))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.joint(torch.cat([self.x_net(x), self.z_net(z)], dim=1))
+        return self.out(h).squeeze(1), h
+
+
+class DiscriminatorXX(nn.Module):
+    """(x, x') -> logit, intermediate: concat (``height``: NHWC axis 1 as in the code, or ``channel``),
+    k5 s2 TF-SAME convs [SN] + LReLU + dropout (no BN), flatten = the feature-matching layer, dense 1."""
+
+    def __init__(self, size: int, in_ch: int, channels: int, sn: bool, concat: str, extra_convs: bool):
+        super().__init__()
+        self.concat_dim = 2 if concat == "height" else 1
+        layers: list[nn.Module] = []
+        c_prev = in_ch * (2 if concat == "channel" else 1)
+        widths = dxx_widths(size, channels, extra_convs)
+        for c in widths:
+            # TF 'SAME' with k5 s2 on an even input pads 1 before and 2 after
+            layers += [nn.ZeroPad2d((1, 2, 1, 2)), _layer(nn.Conv2d(c_prev, c, 5, 2, 0), sn),
+                       nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT)]
+            c_prev = c
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        k = 2 ** len(widths)
+        h = (2 * size if concat == "height" else size) // k
+        self.feature_dim = c_prev * h * (size // k)
+        self.out = _init(nn.Linear(self.feature_dim, 1))
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.net(torch.cat([x, x2], dim=self.concat_dim))
+        return self.out(f).squeeze(1), f
+
+
+class DiscriminatorZZ(nn.Module):
+    """(z, z') -> logit, intermediate: dense 64 [SN], dense 32 [SN] (LReLU, dropout), dense 1."""
+
+    def __init__(self, latent: int, sn: bool):
+        super().__init__()
+        self.net = nn.Sequential(
+            _layer(nn.Linear(2 * latent, 64), sn), nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT),
+            _layer(nn.Linear(64, 32), sn), nn.LeakyReLU(LEAK), nn.Dropout(DROPOUT))
+        self.out = _init(nn.Linear(32, 1))
+
+    def forward(self, z: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(torch.cat([z, z2], dim=1))
+        return self.out(h).squeeze(1), h
+
+
+def build_networks(arch: dict) -> dict[str, nn.Module]:
+    s, c, lat, ch, sn = arch["size"], arch["in_ch"], arch["latent_dim"], arch["channels"], arch["spectral_norm"]
+    return {
+        "encoder": Encoder(s, c, lat, ch, sn),
+        "generator": Generator(s, c, lat, ch),
+        "dxz": DiscriminatorXZ(s, c, lat, ch, sn),
+        "dxx": DiscriminatorXX(s, c, ch, sn, arch["dxx_concat"], arch["dxx_extra_convs"]),
+        "dzz": DiscriminatorZZ(lat, sn),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# losses (alad/run.py)
+# --------------------------------------------------------------------------------------------------
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """``mean(sigmoid_cross_entropy_with_logits(logits, target))`` with a constant target."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def discriminator_losses(l_enc, l_gen, x_real, x_fake, z_real, z_fake) -> dict[str, torch.Tensor]:
+    """D losses from the logits of D_xz(x,E(x)), D_xz(G(z),z), D_xx(x,x), D_xx(x,x^), D_zz(z,z), D_zz(z,z^)."""
+    return {"dis_xz": bce(l_enc, 1.0) + bce(l_gen, 0.0),
+            "dis_xx": bce(x_real, 1.0) + bce(x_fake, 0.0),
+            "dis_zz": bce(z_real, 1.0) + bce(z_fake, 0.0)}
+
+
+def generator_encoder_losses(l_enc, l_gen, x_real, x_fake, z_real, z_fake, enable_dzz: bool):
+    """G and E losses with the label-flipped cycle terms (both include the same cycle term)."""
+    cost_x = bce(x_real, 0.0) + bce(x_fake, 1.0)
+    cost_z = bce(z_real, 0.0) + bce(z_fake, 1.0)
+    cycle = cost_x + cost_z if enable_dzz else cost_x
+    gen_xz, enc_xz = bce(l_gen, 1.0), bce(l_enc, 0.0)
+    return {"gen": gen_xz + cycle, "enc": enc_xz + cycle, "gen_xz": gen_xz, "enc_xz": enc_xz,
+            "cost_x": cost_x, "cost_z": cost_z, "cycle": cycle}
+
+
+def fm_score(f_real: torch.Tensor, f_fake: torch.Tensor, degree: int = 1) -> torch.Tensor:
+    return torch.linalg.vector_norm((f_real - f_fake).flatten(1), ord=degree, dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------------
+@register_method("alad")
+class ALAD(AnomalyMethod):
+    """ALAD (Zenati et al., ICDM 2018). See the module docstring for code-faithfulness and deviations."""
+
+    default_train_sets = "healthy"
+    defaults = {
+        "epochs": 100,            # not published (code: --nb_epochs, default 0, + early stopping); fixed budget
+        "iterations": 0,          # > 0 overrides epochs (one iteration = one D step + one G/E step)
+        "batch_size": 32,
+        "lr": 2.0e-4,
+        "beta1": 0.5,
+        "beta2": 0.999,
+        "latent_dim": 100,
+        "channels": 512,          # width of the 4x4 stage; 512 = authors
+        "spectral_norm": True,    # authors: always --sn for ALAD
+        "enable_dzz": True,       # authors: --enable_dzz
+        "ema_decay": 0.999,
+        "dxx_concat": "height",   # height = authors' code (NHWC axis 1); channel = deviation
+        "dxx_extra_convs": True,  # one more D_xx conv per doubling above 32 px (spec recommendation)
+        "score": "fm",
+        "fm_degree": 1,           # --d 1: L1 feature matching
+        "return_maps": True,      # |x - G(E(x))|: NOT in the original
+        "score_batch_size": 64,
+        "checkpoint_every": 0,
+        "log_every": 50,
+        "resume_every": 500,
+    }
+    choices = {"dxx_concat": ("height", "channel"), "score": ("fm", "ch", "l1", "l2"), "fm_degree": (1, 2)}
+
+    # -- building --------------------------------------------------------------------------------
+    def _arch(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        size = pow2_size(image_shape, 32, "alad")
+        p = self.params
+        return {"image_shape": tuple(image_shape), "size": size, "in_ch": image_shape[0],
+                "latent_dim": p["latent_dim"], "channels": p["channels"], "spectral_norm": p["spectral_norm"],
+                "dxx_concat": p["dxx_concat"], "dxx_extra_convs": p["dxx_extra_convs"]}
+
+    def _build_scoring(self, arch: dict) -> None:
+        nets = build_networks(arch)
+        self.arch_ = arch
+        self.encoder_ = nets["encoder"].to(self.device).eval()
+        self.generator_ = nets["generator"].to(self.device).eval()
+        self.dxx_ = nets["dxx"].to(self.device).eval()
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "ALAD":
+        ctx = ctx or FitContext(progress=False)
+        p, dev = self.params, self.device
+        gen = seed_everything(p["seed"])
+        zgen = torch.Generator().manual_seed(p["seed"] * 1_000_003 + 17)
+        arch = self._arch(train.image_shape)
+        nets = {k: v.to(dev).train() for k, v in build_networks(arch).items()}
+        E, G, Dxz, Dxx, Dzz = (nets[k] for k in ("encoder", "generator", "dxz", "dxx", "dzz"))
+        opts = {k: torch.optim.Adam(v.parameters(), lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=1e-8)
+                for k, v in nets.items()}
+        emas = {k: EMA(nets[k], p["ema_decay"]) for k in ("encoder", "generator", "dxx")}
+        data = train.healthy.to(dev)
+        sampler = EpochSampler(len(data), p["batch_size"], gen, streams=2)
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
+        it = 0
+
+        state = ctx.load_resume()
+        if state is not None:
+            if state.get("arch") != arch:
+                raise ConfigError(f"alad: resume state in {ctx.resume_path} was written for another architecture "
+                                  f"({state.get('arch')} vs {arch}); delete it or use a fresh work folder")
+            for k, net in nets.items():
+                net.load_state_dict(state["nets"][k])
+                opts[k].load_state_dict(state["opts"][k])
+            for k, ema in emas.items():
+                ema.shadow.load_state_dict(state["ema"][k])
+            sampler.load_state_dict(state["sampler"])
+            zgen.set_state(state["zgen"])
+            set_rng_state(state["rng"], dev)
+            it = state["iteration"]
+            ctx.info(f"alad: resumed at iteration {it}/{total}")
+
+        def resume_state() -> dict:
+            return {"arch": arch, "iteration": it, "sampler": sampler.state_dict(), "zgen": zgen.get_state(),
+                    "rng": rng_state(dev),
+                    "nets": {k: _cpu(v.state_dict()) for k, v in nets.items()},
+                    "opts": {k: v.state_dict() for k, v in opts.items()},
+                    "ema": {k: _cpu(v.shadow.state_dict()) for k, v in emas.items()}}
+
+        def z_batch(n: int) -> torch.Tensor:
+            return torch.randn(n, p["latent_dim"], generator=zgen).to(dev)
+
+        self._set_scoring_from(arch, emas)
+        log_acc: dict[str, list[torch.Tensor]] = {}
+        pbar = ctx.progress_bar(total, "train", initial=it)
+        while it < total:
+            idx_d, idx_g = sampler.next()
+            # (1) discriminators: batch trainx[t], fresh z; E/G forward in train mode without stat updates
+            x = data[idx_d.to(dev)]
+            z = z_batch(len(x))
+            with torch.no_grad(), keep_bn_stats(E, G):
+                z_enc = E(x)
+                x_gen = G(z)
+                x_rec = G(z_enc)
+                z_rec = E(x_gen)
+            l_enc, _ = Dxz(x, z_enc)
+            l_gen, _ = Dxz(x_gen, z)
+            xr, _ = Dxx(x, x)
+            xf, _ = Dxx(x, x_rec)
+            zr, _ = Dzz(z, z)
+            zf, _ = Dzz(z, z_rec)
+            dl = discriminator_losses(l_enc, l_gen, xr, xf, zr, zf)
+            for k in ("dxz", "dxx", "dzz"):
+                opts[k].zero_grad(set_to_none=True)
+            (dl["dis_xz"] + dl["dis_xx"] + dl["dis_zz"]).backward()
+            for k in ("dxz", "dxx", "dzz"):
+                opts[k].step()
+
+            # (2) generator + encoder: batch trainx_copy[t] (separate shuffle), fresh z
+            x = data[idx_g.to(dev)]
+            z = z_batch(len(x))
+            for d in (Dxz, Dxx, Dzz):
+                set_requires_grad(d, False)
+            z_enc = E(x)
+            x_gen = G(z)
+            x_rec = G(z_enc)
+            z_rec = E(x_gen)
+            with keep_bn_stats(Dxz):
+                l_enc, _ = Dxz(x, z_enc)
+                l_gen, _ = Dxz(x_gen, z)
+            xr, _ = Dxx(x, x)
+            xf, _ = Dxx(x, x_rec)
+            zr, _ = Dzz(z, z)
+            zf, _ = Dzz(z, z_rec)
+            gl = generator_encoder_losses(l_enc, l_gen, xr, xf, zr, zf, p["enable_dzz"])
+            opts["encoder"].zero_grad(set_to_none=True)
+            opts["generator"].zero_grad(set_to_none=True)
+            # one backward of L_G + L_E (shared cycle term once): G gets dL_G/dG, E gets dL_E/dE, as in the code
+            (gl["gen_xz"] + gl["enc_xz"] + gl["cycle"]).backward()
+            opts["encoder"].step()
+            opts["generator"].step()
+            for d in (Dxz, Dxx, Dzz):
+                set_requires_grad(d, True)
+            for k, ema in emas.items():
+                ema.update(nets[k])
+
+            it += 1
+            pbar.update(1)
+            for k, v in {**dl, "gen": gl["gen"], "enc": gl["enc"], "cost_x": gl["cost_x"]}.items():
+                log_acc.setdefault(k, []).append(v.detach())
+            if (p["log_every"] > 0 and it % p["log_every"] == 0) or it == total:
+                ctx.log_losses(it, {k: torch.stack(v).mean().item() for k, v in log_acc.items()})
+                log_acc = {}
+            if ctx.wants_checkpoint(it):
+                ctx.save_selection_checkpoint(it, self.state_dict())
+            if (p["resume_every"] > 0 and it % p["resume_every"] == 0) or it == total:
+                ctx.save_resume(resume_state())
+        pbar.close()
+        self.fitted_ = True
+        return self
+
+    def _set_scoring_from(self, arch: dict, emas: dict[str, EMA]) -> None:
+        """Scoring networks = the EMA shadows (shared objects, so state_dict() during fit is current)."""
+        self.arch_ = arch
+        self.encoder_, self.generator_, self.dxx_ = (emas[k].shadow for k in ("encoder", "generator", "dxx"))
+
+    # -- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _score_batch(self, x: torch.Tensor):
+        x_rec = self.generator_(self.encoder_(x))
+        logit_fake, f_fake = self.dxx_(x, x_rec)
+        _, f_real = self.dxx_(x, x)
+        kind = self.params["score"]
+        if kind == "fm":
+            s = fm_score(f_real, f_fake, self.params["fm_degree"])
+        elif kind == "ch":
+            s = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake), reduction="none")
+        else:
+            s = torch.linalg.vector_norm((x - x_rec).flatten(1), ord=1 if kind == "l1" else 2, dim=1)
+        return s, (x - x_rec).abs()[:, 0], x_rec[:, 0]
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        if not self.fitted_:
+            raise RuntimeError("alad: call fit() or load a state before score()")
+        if tuple(images.shape[1:]) != tuple(self.arch_["image_shape"]):
+            raise ConfigError(f"alad: model was trained on {self.arch_['image_shape']} images, got "
+                              f"{tuple(images.shape[1:])}")
+        nets = (self.encoder_, self.generator_, self.dxx_)
+        modes = [n.training for n in nets]
+        for n in nets:
+            n.eval()
+        try:
+            scores, maps, recs = map_batches(self._score_batch, images, self.params["score_batch_size"], self.device)
+        finally:
+            for n, m in zip(nets, modes):
+                n.train(m)
+        return ScoreResult(scores.numpy(), maps.numpy() if self.params["return_maps"] else None, recs.numpy())
+
+    # -- persistence -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"arch": dict(self.arch_), "encoder": _cpu(self.encoder_.state_dict()),
+                "generator": _cpu(self.generator_.state_dict()), "dxx": _cpu(self.dxx_.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        arch = dict(state["arch"])
+        arch["image_shape"] = tuple(arch["image_shape"])
+        self._build_scoring(arch)
+        self.encoder_.load_state_dict(state["encoder"])
+        self.generator_.load_state_dict(state["generator"])
+        self.dxx_.load_state_dict(state["dxx"])
+        self.fitted_ = True
+
+
+def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}

@@ -1,0 +1,403 @@
+"""ALOCC: Adversarially Learned One-Class Classifier (Sabokrou et al., CVPR 2018), from scratch in PyTorch.
+
+Authors' code: khalooei/ALOCC-CVPR2018@d1810b2b (TensorFlow 1): ``models.py`` (networks, losses, training
+loop), ``ops.py`` (DCGAN-style layers), ``kh_tools.py`` (noise); the paper PDF ships in that repository.
+
+What follows the authors' code (``preset: code``, the default)
+----------------------------------------------------------
+* R ("generator" in the code), an encoder-decoder without skips: conv k5 s2 TF-SAME ``df*2, df*4, df*8``
+  (BN, LReLU 0.2), then transposed conv k5 s2 TF-SAME ``gf*2, gf`` (BN, ReLU) and a last one to C channels
+  with tanh; ``df = gf = 16``. D: conv k5 s2 ``df, df*2, df*4, df*8`` (BN from the second on, LReLU),
+  flatten, linear -> 1 logit. Conv weights truncated-normal(0.02), transposed-conv/linear weights N(0, 0.02),
+  zero biases. BN = ``tf.contrib.layers.batch_norm(decay=0.9, eps=1e-5)`` -> ``BatchNorm2d(eps=1e-5,
+  momentum=0.1)``; its moving statistics are updated by every training-mode forward (``updates_collections
+  =None``), which is torch's behaviour too.
+* TF 'SAME' geometry is reproduced exactly: convs pad 1 before / 2 after; transposed convs run VALID and
+  crop ``[1:1+2H]``.
+* Training noise: ``X~ = clip(X + N(0, 0.155^2), -1, 1)`` (``skimage.util.random_noise(var=0.155**2)``),
+  drawn **once** before training and reused every epoch (``noise_per_epoch: false``).
+* Losses: D ``BCE(D(X),1) + BCE(D(R(X~)),0)``; R ``BCE(D(R(X~)),1) + w * L_R``. ``refinement_loss:
+  code_bce_noisy`` (default) is the code's ``mean(sigmoid_cross_entropy_with_logits(logits=R(X~),
+  labels=X~))`` (tanh output used as logits, noisy input as target) with ``w = r_alpha = 0.2``.
+* TF-style RMSprop (ms initialised to 1, decay 0.9, eps 1e-10 inside the sqrt), lr 2e-3 for both nets;
+  batch 128, 40 epochs, drop-last; per batch 1 D step then 2 R steps on the same noisy batch.
+* Score: ``-logit D(R(x))`` on the **clean** input (paper eq. 7 thresholds ``D(R(X))``; the logit avoids
+  sigmoid saturation ties). ``score: d_x`` gives the paper's OCC1 variant ``-logit D(x)``.
+
+Paper alternatives (flags)
+--------------------------
+* ``preset: paper``: R = conv 64-128-256-512, transposed conv 256-128-64-C; D = conv 64-128-256-512;
+  BN eps 1e-6 (paper, Fig. 3/4).
+* ``width`` scales either preset (base width ``df = gf``; 0 = the preset's 16 / 64). Smaller widths are only
+  for quick CI runs.
+* ``refinement_loss: paper_mse_clean``: ``L_R = mean((R(X~) - X)^2)`` against the clean image, with the
+  paper's ``lambda = 0.4``. ``refinement_weight`` (default ``null`` = 0.2 for the code loss, 0.4 for the
+  paper loss) sets the weight explicitly.
+
+Deviations (with reasons, flags give the authors' behaviour)
+------------------------------------------------------------
+* ``bn_test_mode: eval`` (default): BN uses moving statistics at test, so a score does not depend on the
+  other images in the batch. The code never switches BN to inference (``train=True`` always), i.e. batch
+  statistics at test: ``bn_test_mode: batch`` (running statistics are left untouched while scoring).
+* ``shuffle: true`` (default) reshuffles the training set every epoch (noisy copies stay paired with their
+  clean image); the code slices the data in a fixed order (``shuffle: false``), which correlates batches
+  when the data set is ordered (e.g. by patient or slice).
+* Fixed epoch budget, no test-set selection (the paper's stopping rule is subjective; the code runs 40
+  epochs). The code also evaluated the losses after each step with extra training-mode forwards that updated
+  BN moving statistics; we log the losses of the steps themselves.
+
+Scaling: both nets are fully convolutional apart from D's last linear layer, so 64/128/256 px need no
+structural change (depth stays that of the preset; D's linear input grows: 4x4, 8x8, 16x16 x 8*df).
+Images must be square with a side divisible by 16 (paper preset) or 8 (code preset).
+
+Not in the original: ``return_maps`` gives the per-pixel map ``|x - R(x)|`` (ALOCC has no pixel map).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_bench.errors import ConfigError
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.methods.alad import EpochSampler, keep_bn_stats, rng_state, set_rng_state
+from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
+from anomaly_bench.nn.optim import TFRMSprop
+from anomaly_bench.registry import register_method
+
+LEAK = 0.2
+INIT_STD = 0.02
+NOISE_SEED_OFFSET = 7_919
+
+PRESETS = {
+    # code: df = gf = 16, 3 encoder stages (models.py); BN eps 1e-5 (ops.py)
+    "code": {"width": 16, "r_enc": [2, 4, 8], "r_dec": [2, 1], "d": [1, 2, 4, 8], "bn_eps": 1e-5},
+    # paper Fig. 3/4: 64-128-256-512; BN eps 1e-6
+    "paper": {"width": 64, "r_enc": [1, 2, 4, 8], "r_dec": [4, 2, 1], "d": [1, 2, 4, 8], "bn_eps": 1e-6},
+}
+
+
+def preset_widths(preset: str, width: int) -> dict[str, list[int]]:
+    """Layer widths of a preset as multiples of ``width`` (0 = the preset's own: 16 code, 64 paper)."""
+    pre = PRESETS[preset]
+    w = width or pre["width"]
+    return {k: [w * m for m in pre[k]] for k in ("r_enc", "r_dec", "d")}
+
+
+# --------------------------------------------------------------------------------------------------
+# networks
+# --------------------------------------------------------------------------------------------------
+class SameConv(nn.Module):
+    """``tf.nn.conv2d(k=5, s=2, 'SAME')`` on even inputs: pad 1 before and 2 after, then a VALID conv."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 5, 2, 0)
+        nn.init.trunc_normal_(self.conv.weight, 0.0, INIT_STD, -2 * INIT_STD, 2 * INIT_STD)  # TF truncates at 2 sd
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (1, 2, 1, 2)))
+
+
+class SameDeconv(nn.Module):
+    """``tf.nn.conv2d_transpose(k=5, s=2, 'SAME')`` to 2H: a VALID transposed conv (2H+3) cropped [1:1+2H]."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(c_in, c_out, 5, 2, 0)
+        nn.init.normal_(self.deconv.weight, 0.0, INIT_STD)
+        nn.init.zeros_(self.deconv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self.deconv(x)[..., 1:1 + 2 * h, 1:1 + 2 * w]
+
+
+def _bn(c: int, eps: float) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=eps, momentum=0.1)  # TF decay 0.9
+
+
+class Refiner(nn.Module):
+    """R: encoder (conv, BN, LReLU)* then decoder (deconv, BN, ReLU)* and a last deconv to C + tanh."""
+
+    def __init__(self, in_ch: int, enc: list[int], dec: list[int], bn_eps: float):
+        super().__init__()
+        if len(dec) != len(enc) - 1:
+            raise ValueError("alocc: R needs len(dec) == len(enc) - 1")
+        layers: list[nn.Module] = []
+        c_prev = in_ch
+        for c in enc:
+            layers += [SameConv(c_prev, c), _bn(c, bn_eps), nn.LeakyReLU(LEAK)]
+            c_prev = c
+        for c in dec:
+            layers += [SameDeconv(c_prev, c), _bn(c, bn_eps), nn.ReLU()]
+            c_prev = c
+        layers += [SameDeconv(c_prev, in_ch), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Discriminator(nn.Module):
+    """D: conv (no BN on the first), BN, LReLU per stage, flatten, linear -> logit."""
+
+    def __init__(self, in_ch: int, size: int, widths: list[int], bn_eps: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_prev = in_ch
+        for i, c in enumerate(widths):
+            layers.append(SameConv(c_prev, c))
+            if i > 0:
+                layers.append(_bn(c, bn_eps))
+            layers.append(nn.LeakyReLU(LEAK))
+            c_prev = c
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        side = size // 2 ** len(widths)
+        self.out = nn.Linear(c_prev * side * side, 1)
+        nn.init.normal_(self.out.weight, 0.0, INIT_STD)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(x)).squeeze(1)
+
+
+def build_networks(arch: dict) -> tuple[Refiner, Discriminator]:
+    eps = PRESETS[arch["preset"]]["bn_eps"]
+    w = preset_widths(arch["preset"], arch["width"])
+    return (Refiner(arch["in_ch"], w["r_enc"], w["r_dec"], eps),
+            Discriminator(arch["in_ch"], arch["size"], w["d"], eps))
+
+
+# --------------------------------------------------------------------------------------------------
+# losses (models.py build_model) and noise (kh_tools.get_noisy_data)
+# --------------------------------------------------------------------------------------------------
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def tf_sigmoid_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``tf.nn.sigmoid_cross_entropy_with_logits`` element-wise, valid for any real labels:
+    ``max(x, 0) - x * z + log(1 + exp(-|x|))``."""
+    return F.relu(logits) - logits * labels + F.softplus(-logits.abs())
+
+
+def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    return bce(logit_real, 1.0) + bce(logit_fake, 0.0)
+
+
+def refinement_loss(kind: str, refined: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    if kind == "code_bce_noisy":
+        return tf_sigmoid_ce(refined, noisy).mean()
+    return (refined - clean).pow(2).mean()
+
+
+def refiner_loss(logit_fake: torch.Tensor, l_r: torch.Tensor, weight: float) -> torch.Tensor:
+    return bce(logit_fake, 1.0) + weight * l_r
+
+
+def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise clipped to [-1, 1] (skimage ``random_noise`` clips to [-1,1] for signed input)."""
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return (x + std * noise.to(x.device)).clamp_(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------------
+@register_method("alocc")
+class ALOCC(AnomalyMethod):
+    """ALOCC (Sabokrou et al., CVPR 2018). See the module docstring for code-faithfulness and deviations."""
+
+    default_train_sets = "healthy"
+    defaults = {
+        "epochs": 40,
+        "iterations": 0,                     # > 0 overrides epochs (one iteration = 1 D step + r_steps R steps)
+        "batch_size": 128,
+        "lr": 2.0e-3,
+        "r_steps": 2,                        # R steps per D step (code; paper: 1)
+        "preset": "code",                    # code: df=gf=16, 3 stages; paper: 64..512
+        "width": 0,                          # base width (df=gf); 0 = the preset's (16 code, 64 paper)
+        "refinement_loss": "code_bce_noisy",  # or paper_mse_clean
+        "refinement_weight": None,           # None: 0.2 (r_alpha, code loss) / 0.4 (lambda, paper loss)
+        "noise_std": 0.155,
+        "noise_per_epoch": False,            # False = authors (noise drawn once before training)
+        "shuffle": True,                     # False = authors' fixed order
+        "bn_test_mode": "eval",              # batch = authors' code (batch statistics at test)
+        "score": "d_r",                      # -logit D(R(x)); d_x = -logit D(x) (paper's OCC1)
+        "return_maps": True,                 # |x - R(x)|: NOT in the original
+        "score_batch_size": 64,
+        "checkpoint_every": 0,
+        "log_every": 10,
+        "resume_every": 100,
+    }
+    choices = {"preset": tuple(PRESETS), "refinement_loss": ("code_bce_noisy", "paper_mse_clean"),
+               "bn_test_mode": ("eval", "batch"), "score": ("d_r", "d_x")}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        w = self.params["refinement_weight"]
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
+            raise ConfigError(f"method 'alocc': refinement_weight must be a number >= 0 or null, got {w!r}")
+        if self.params["width"] < 0 or self.params["r_steps"] < 1:
+            raise ConfigError("method 'alocc': width must be >= 0 (0 = preset) and r_steps >= 1")
+
+    @property
+    def refinement_weight(self) -> float:
+        w = self.params["refinement_weight"]
+        if w is None:
+            return 0.2 if self.params["refinement_loss"] == "code_bce_noisy" else 0.4
+        return float(w)
+
+    def _arch(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        c, h, w = image_shape
+        preset = self.params["preset"]
+        k = 2 ** max(len(PRESETS[preset]["r_enc"]), len(PRESETS[preset]["d"]))
+        if h != w or h % k:
+            raise ConfigError(f"alocc: preset '{preset}' needs square images with a side divisible by {k}, "
+                              f"got {h}x{w}")
+        return {"image_shape": tuple(image_shape), "size": h, "in_ch": c, "preset": preset,
+                "width": self.params["width"] or PRESETS[preset]["width"]}
+
+    def _build(self, arch: dict) -> None:
+        self.arch_ = arch
+        r, d = build_networks(arch)
+        self.refiner_, self.disc_ = r.to(self.device), d.to(self.device)
+
+    # -- training --------------------------------------------------------------------------------
+    def _noisy(self, data: torch.Tensor, epoch: int) -> torch.Tensor:
+        key = self.params["seed"] * 1_000_003 + NOISE_SEED_OFFSET + (epoch if self.params["noise_per_epoch"] else 0)
+        return add_noise(data, self.params["noise_std"], torch.Generator().manual_seed(key))
+
+    def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "ALOCC":
+        ctx = ctx or FitContext(progress=False)
+        p, dev = self.params, self.device
+        gen = seed_everything(p["seed"])
+        arch = self._arch(train.image_shape)
+        self._build(arch)
+        R, D = self.refiner_.train(), self.disc_.train()
+        opt_d = TFRMSprop(D.parameters(), lr=p["lr"])
+        opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
+        data = train.healthy.to(dev)
+        sampler = EpochSampler(len(data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
+        w_r, kind = self.refinement_weight, p["refinement_loss"]
+        it = 0
+
+        state = ctx.load_resume()
+        if state is not None:
+            if state.get("arch") != arch:
+                raise ConfigError(f"alocc: resume state in {ctx.resume_path} was written for another architecture "
+                                  f"({state.get('arch')} vs {arch}); delete it or use a fresh work folder")
+            R.load_state_dict(state["refiner"])
+            D.load_state_dict(state["disc"])
+            opt_r.load_state_dict(state["opt_r"])
+            opt_d.load_state_dict(state["opt_d"])
+            sampler.load_state_dict(state["sampler"])
+            set_rng_state(state["rng"], dev)
+            it = state["iteration"]
+            ctx.info(f"alocc: resumed at iteration {it}/{total}")
+
+        def resume_state() -> dict:
+            return {"arch": arch, "iteration": it, "sampler": sampler.state_dict(), "rng": rng_state(dev),
+                    "refiner": _cpu(R.state_dict()), "disc": _cpu(D.state_dict()),
+                    "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict()}
+
+        noisy_epoch, noisy = -1, None
+        log_acc: dict[str, list[torch.Tensor]] = {}
+        pbar = ctx.progress_bar(total, "train", initial=it)
+        while it < total:
+            (idx,) = sampler.next()
+            epoch = sampler.epoch if p["noise_per_epoch"] else 0
+            if epoch != noisy_epoch:
+                noisy, noisy_epoch = self._noisy(data, epoch), epoch
+            idx = idx.to(dev)
+            x, x_noisy = data[idx], noisy[idx]
+
+            # D step: real clean batch vs refined noisy batch (R in train mode, its BN statistics update)
+            with torch.no_grad():
+                refined = R(x_noisy)
+            d_loss = discriminator_loss(D(x), D(refined))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+            # R steps (the code runs g_optim twice on the same noisy batch)
+            set_requires_grad(D, False)
+            for _ in range(p["r_steps"]):
+                refined = R(x_noisy)
+                adv = bce(D(refined), 1.0)
+                l_r = refinement_loss(kind, refined, x_noisy, x)
+                r_loss = adv + w_r * l_r
+                opt_r.zero_grad(set_to_none=True)
+                r_loss.backward()
+                opt_r.step()
+            set_requires_grad(D, True)
+
+            it += 1
+            pbar.update(1)
+            for k, v in {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r}.items():
+                log_acc.setdefault(k, []).append(v.detach())
+            if (p["log_every"] > 0 and it % p["log_every"] == 0) or it == total:
+                ctx.log_losses(it, {k: torch.stack(v).mean().item() for k, v in log_acc.items()})
+                log_acc = {}
+            if ctx.wants_checkpoint(it):
+                ctx.save_selection_checkpoint(it, self.state_dict())
+            if (p["resume_every"] > 0 and it % p["resume_every"] == 0) or it == total:
+                ctx.save_resume(resume_state())
+        pbar.close()
+        R.eval()
+        D.eval()
+        self.fitted_ = True
+        return self
+
+    # -- scoring ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _score_batch(self, x: torch.Tensor):
+        refined = self.refiner_(x)
+        logit = self.disc_(refined if self.params["score"] == "d_r" else x)
+        return -logit, (x - refined).abs()[:, 0], refined[:, 0]
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        if not self.fitted_:
+            raise RuntimeError("alocc: call fit() or load a state before score()")
+        if tuple(images.shape[1:]) != tuple(self.arch_["image_shape"]):
+            raise ConfigError(f"alocc: model was trained on {self.arch_['image_shape']} images, got "
+                              f"{tuple(images.shape[1:])}")
+        nets = (self.refiner_, self.disc_)
+        modes = [n.training for n in nets]
+        batch_stats = self.params["bn_test_mode"] == "batch"
+        for n in nets:
+            n.train(batch_stats)  # 'batch': BN uses batch statistics (authors' code); no dropout in ALOCC
+        try:
+            with keep_bn_stats(*nets) if batch_stats else contextlib.nullcontext():
+                scores, maps, recs = map_batches(self._score_batch, images, self.params["score_batch_size"],
+                                                 self.device)
+        finally:
+            for n, m in zip(nets, modes):
+                n.train(m)
+        return ScoreResult(scores.numpy(), maps.numpy() if self.params["return_maps"] else None, recs.numpy())
+
+    # -- persistence -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"arch": dict(self.arch_), "refiner": _cpu(self.refiner_.state_dict()),
+                "disc": _cpu(self.disc_.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        arch = dict(state["arch"])
+        arch["image_shape"] = tuple(arch["image_shape"])
+        self._build(arch)
+        self.refiner_.load_state_dict(state["refiner"])
+        self.disc_.load_state_dict(state["disc"])
+        self.refiner_.eval()
+        self.disc_.eval()
+        self.fitted_ = True
+
+
+def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}

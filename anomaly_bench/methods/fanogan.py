@@ -1,0 +1,508 @@
+"""f-AnoGAN (Schlegl et al., Medical Image Analysis 2019), written from scratch in PyTorch.
+
+Authors' code: tSchlegl/f-AnoGAN@35b1de9 (TF1, 64x64x1 only): ``wgangp_64x64.py`` (stage 1),
+``z_encoding_izif.py`` (stage 2), ``anomaly_detection.py`` (score). Spec: baselines.md §3.
+
+What follows the authors' code
+------------------------------
+* Networks: Gulrajani's "Good" ResNet (the authors' ``GoodGenerator``/``GoodDiscriminator``/``Encoder``).
+  Residual blocks ``shortcut + conv2(relu(norm2(conv1(relu(norm1(x))))))``; ``down`` = conv then 2x2 mean
+  pool (shortcut: mean pool then 1x1 conv); ``up`` = nearest x2 (the authors' tile + depth_to_space is
+  exactly nearest) then conv. The critic normalises per sample over (C, H, W) with per-channel affine
+  (TF ``Layernorm``) = ``nn.GroupNorm(1, C)`` -- never BatchNorm. G and E use TF batch norm
+  (``BatchNorm2d(eps=1e-3, momentum=0.01)``). Init as tflib: conv/linear weights uniform
+  ±sqrt(3)·σ, σ = sqrt(4/(fan_in+fan_out)) ("he_init") or sqrt(2/(fan_in+fan_out)) (input convs,
+  shortcuts, linears), biases 0. Feature vector f(x) = flattened last critic block (8·dim·4·4).
+* Stage 1, WGAN-GP: L_D = mean D(G(z)) - mean D(x) + λ·mean((‖∇D(x̃)‖₂-1)²), x̃ = x + α(G(z)-x),
+  α ~ U(0,1) per sample, λ = 10; L_G = -mean D(G(z)); z ~ N(0, I_128); Adam 1e-4, β = (0, 0.9);
+  5 critic steps (each with a new real batch and new noise) per generator step. During critic steps G
+  runs with batch statistics but its BN running statistics are not updated (in TF the update ops are
+  attached to the generator train op only).
+* Stage 2, izi_f encoder: G (eval mode, BN running stats) and D frozen, E in train mode;
+  L = MSE(x, G(E(x))) + κ·MSE(f(x), f(G(E(x)))), κ = 1; TF-semantics RMSprop lr 5e-5
+  (:class:`anomaly_bench.nn.optim.TFRMSprop`); 50k iterations; E's output is linear -> tanh
+  (``Z_REG_TYPE='tanh_fc'``, the paper's version; ``z_reg: none`` gives the linear variant).
+* Random horizontal flip p = 0.5 of real training images in both stages (``tflib/img_loader.py``);
+  ``hflip: false`` turns it off.
+* Score (``anomaly_detection.py``, ``dual_iloss=True``): per image
+  A(x) = mean_pixels (x - G(E(x)))² + κ·mean_features (f(x) - f(G(E(x))))², all nets in inference mode.
+  Map: |x - G(E(x))| (the paper's residual image; the authors' code computes none).
+
+Deviations (and why)
+--------------------
+* Budget: the authors count *critic* steps over ``TRAIN_EPOCHS = 7`` passes of the data, which gives
+  very few generator updates on small medical sets. We count generator iterations (``iterations``,
+  default 100k as the dbbbbm PyTorch port). ``wgan_epochs > 0`` restores the authors' rule:
+  ``ceil(wgan_epochs · (N // batch_size - critic_iters) / critic_iters)`` generator iterations.
+* Their loader drops/duplicates images at batch boundaries and leaves up to 63 test images unscored;
+  we shuffle every epoch, drop the last incomplete training batch, and score every test image.
+* Sizes: the code is 64x64 only. Scaling rule (baselines.md §3.1): keep the 4x4 base and add one
+  residual block per doubling, i.e. ``log2(size) - 2`` blocks; critic/encoder widths
+  ``dim·[1, 2, 4, 8, 8, ...]`` (capped at 8·dim), generator the mirror image. f(x) stays 8·dim·16-d.
+  Sizes must be powers of two ≥ 8 (64 → 4 blocks as in the paper, 128 → 5, 256 → 6).
+* Label-free model selection: G is fixed in stage 2, so selection checkpoints (``checkpoint_every``)
+  are written during the encoder stage only, numbered by the global step (``iterations`` + encoder step).
+
+Training log (``losses.csv``) has one column set for both stages (``stage`` = 1 or 2); the columns
+of the stage not running are written as 0.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_bench.errors import ConfigError
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
+from anomaly_bench.nn.optim import TFRMSprop
+from anomaly_bench.registry import register_method
+
+# ---------------------------------------------------------------------------------------------------
+# Shared training utility (also used by GANomaly)
+# ---------------------------------------------------------------------------------------------------
+
+
+class ResumableBatchSampler:
+    """Shuffled batch indices, epoch after epoch, drawn with ``generator`` (same sequence as
+    :func:`anomaly_bench.nn.common.batch_stream` with ``drop_last=True``), whose position can be saved
+    so that a resumed run draws exactly the batches an uninterrupted run would have drawn."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.bs, self.generator = n, min(batch_size, n), generator
+        self.stop = n - n % self.bs
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.stop // self.bs
+
+    def next_indices(self) -> torch.Tensor:
+        if self.perm is None or self.pos >= self.stop:
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.bs]
+        self.pos += self.bs
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm, "pos": self.pos, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = state["perm"], int(state["pos"])
+        self.generator.set_state(state["generator"])
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------------
+
+
+def n_resample_blocks(size: int) -> int:
+    """Residual blocks between the 4x4 base and ``size`` (64 → 4, as in the authors' code)."""
+    if size < 8 or size & (size - 1):
+        raise ConfigError(f"fanogan: image size {size} is not supported; use a power of two >= 8 "
+                          f"(64 = authors' size, 128, 256); resize the dataset")
+    return int(math.log2(size)) - 2
+
+
+def critic_channels(dim: int, n_blocks: int) -> list[int]:
+    """Critic/encoder widths ``dim·[1, 2, 4, 8, 8, ...]`` (input conv output, then one per block)."""
+    return [dim * min(2 ** i, 8) for i in range(n_blocks + 1)]
+
+
+def tf_conv(cin: int, cout: int, k: int, he_init: bool = True, bias: bool = True) -> nn.Conv2d:
+    """Stride-1 'SAME' conv with tflib's uniform init (fan_out = cout·k², the pooling comes after)."""
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    std = math.sqrt((4.0 if he_init else 2.0) / (cin * k * k + cout * k * k))
+    nn.init.uniform_(conv.weight, -std * math.sqrt(3.0), std * math.sqrt(3.0))
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def tf_linear(fin: int, fout: int) -> nn.Linear:
+    """Linear with tflib's default Glorot-uniform init, bias 0."""
+    lin = nn.Linear(fin, fout)
+    std = math.sqrt(2.0 / (fin + fout))
+    nn.init.uniform_(lin.weight, -std * math.sqrt(3.0), std * math.sqrt(3.0))
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def critic_norm(c: int) -> nn.Module:
+    """TF ``Layernorm`` over (C, H, W) per sample with per-channel scale/offset."""
+    return nn.GroupNorm(1, c, eps=1e-5)
+
+
+def tf_batchnorm(c: int) -> nn.Module:
+    """``tf.layers.batch_normalization`` defaults (momentum 0.99 → PyTorch 0.01, eps 1e-3)."""
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, resample: str, norm: Callable[[int], nn.Module]):
+        super().__init__()
+        if resample not in ("down", "up"):
+            raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
+        self.resample = resample
+        self.shortcut = tf_conv(cin, cout, 1, he_init=False)
+        if resample == "down":
+            self.norm1, self.conv1 = norm(cin), tf_conv(cin, cin, 3, bias=False)
+            self.norm2, self.conv2 = norm(cin), tf_conv(cin, cout, 3)
+        else:
+            self.norm1, self.conv1 = norm(cin), tf_conv(cin, cout, 3, bias=False)
+            self.norm2, self.conv2 = norm(cout), tf_conv(cout, cout, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "down":
+            sc = self.shortcut(F.avg_pool2d(x, 2))
+            h = self.conv1(F.relu(self.norm1(x)))
+            h = F.avg_pool2d(self.conv2(F.relu(self.norm2(h))), 2)
+        else:
+            sc = self.shortcut(upsample2(x))
+            h = self.conv1(upsample2(F.relu(self.norm1(x))))
+            h = self.conv2(F.relu(self.norm2(h)))
+        return sc + h
+
+
+class DownTrunk(nn.Module):
+    """Input conv (Glorot, no activation) + down blocks → flattened (8·dim·4·4) features."""
+
+    def __init__(self, in_ch: int, size: int, dim: int, norm: Callable[[int], nn.Module]):
+        super().__init__()
+        ch = critic_channels(dim, n_resample_blocks(size))
+        self.input = tf_conv(in_ch, dim, 3, he_init=False)
+        self.blocks = nn.Sequential(*[ResidualBlock(a, b, "down", norm) for a, b in zip(ch[:-1], ch[1:])])
+        self.feature_dim = ch[-1] * 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.input(x)).flatten(1)
+
+
+class Critic(nn.Module):
+    """WGAN-GP critic D(x) (no sigmoid); ``features`` = f(x) used by the izif loss and the score."""
+
+    def __init__(self, in_ch: int, size: int, dim: int):
+        super().__init__()
+        self.trunk = DownTrunk(in_ch, size, dim, critic_norm)
+        self.output = tf_linear(self.trunk.feature_dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.trunk(x)).squeeze(1)
+
+
+class Encoder(nn.Module):
+    """izi_f encoder: the critic's trunk with BatchNorm, then linear → z (tanh for ``tanh_fc``)."""
+
+    def __init__(self, in_ch: int, size: int, dim: int, z_dim: int, z_reg: str = "tanh_fc"):
+        super().__init__()
+        self.trunk = DownTrunk(in_ch, size, dim, tf_batchnorm)
+        self.output = tf_linear(self.trunk.feature_dim, z_dim)
+        self.z_reg = z_reg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.output(self.trunk(x))
+        return torch.tanh(z) if self.z_reg == "tanh_fc" else z
+
+
+class Generator(nn.Module):
+    """Linear z → 8·dim×4×4, up blocks (mirror of the critic), BN, ReLU, 3x3 conv, tanh."""
+
+    def __init__(self, out_ch: int, size: int, dim: int, z_dim: int):
+        super().__init__()
+        ch = critic_channels(dim, n_resample_blocks(size))[::-1]
+        self.base = ch[0]
+        self.input = tf_linear(z_dim, ch[0] * 16)
+        self.blocks = nn.Sequential(*[ResidualBlock(a, b, "up", tf_batchnorm) for a, b in zip(ch[:-1], ch[1:])])
+        self.out_norm = tf_batchnorm(ch[-1])
+        self.out_conv = tf_conv(ch[-1], out_ch, 3)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.input(z).view(-1, self.base, 4, 4)
+        h = self.blocks(h)
+        return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------------
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     alpha: torch.Tensor) -> torch.Tensor:
+    """mean((‖∇_x̃ D(x̃)‖₂ - 1)²) with x̃ = real + alpha·(fake - real), the norm over all pixels."""
+    x = (real + alpha * (fake - real)).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    slopes = grad.flatten(1).pow(2).sum(1).sqrt()
+    return (slopes - 1.0).pow(2).mean()
+
+
+def izif_per_sample(x: torch.Tensor, x_rec: torch.Tensor, f_x: torch.Tensor, f_rec: torch.Tensor,
+                    kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (total, pixel MSE, feature MSE): total = mean (x-x̂)² + κ·mean (f(x)-f(x̂))²."""
+    pix = (x - x_rec).pow(2).flatten(1).mean(1)
+    feat = (f_x - f_rec).pow(2).flatten(1).mean(1)
+    return pix + kappa * feat, pix, feat
+
+
+@contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """Batch statistics are used (train mode) but running statistics stay as they are (momentum 0)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+# ---------------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------------
+
+LOSS_KEYS = ("stage", "d_loss", "g_loss", "gp", "wdist", "enc_loss", "enc_img", "enc_feat")
+
+
+@register_method("fanogan")
+class FAnoGAN(AnomalyMethod):
+    """f-AnoGAN: WGAN-GP (ResNet) + izi_f encoder; score = pixel MSE + κ·critic-feature MSE.
+
+    See the module docstring for what follows tSchlegl/f-AnoGAN and where (and why) we deviate.
+    """
+
+    default_train_sets = "healthy"
+    defaults = {
+        "dim": 64,                  # model width (authors' DIM); smaller for CPU
+        "z_dim": 128,               # ZDIM
+        "batch_size": 64,
+        "iterations": 100000,       # WGAN-GP generator iterations (dbbbbm); see wgan_epochs
+        "wgan_epochs": 0,           # >0: authors' budget rule (epochs of critic steps), overrides iterations
+        "critic_iters": 5,
+        "gp_lambda": 10.0,
+        "lr": 1.0e-4,
+        "beta1": 0.0,
+        "beta2": 0.9,
+        "encoder_iterations": 50000,
+        "encoder_lr": 5.0e-5,       # TF RMSprop
+        "kappa": 1.0,
+        "z_reg": "tanh_fc",
+        "hflip": True,              # authors' loader: random horizontal flip p=0.5, both stages
+        "score_batch_size": 64,
+        "checkpoint_every": 0,      # selection checkpoints during the encoder stage (encoder steps)
+        "log_every": 100,
+        "resume_every": 1000,       # steps between resume states (0 = only at the stage change and the end)
+    }
+    choices = {"z_reg": ("tanh_fc", "none")}
+
+    # -- construction -------------------------------------------------------------------------------
+    def _arch(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        c, h, w = image_shape
+        if h != w:
+            raise ConfigError(f"fanogan: images must be square, got {h}x{w}")
+        n_resample_blocks(h)
+        return {"channels": int(c), "size": int(h), "dim": self.params["dim"], "z_dim": self.params["z_dim"],
+                "z_reg": self.params["z_reg"]}
+
+    def _build(self, arch: dict[str, Any]) -> None:
+        c, s, d, z = arch["channels"], arch["size"], arch["dim"], arch["z_dim"]
+        self.arch_ = dict(arch)
+        self.G = Generator(c, s, d, z).to(self.device)
+        self.D = Critic(c, s, d).to(self.device)
+        self.E = Encoder(c, s, d, z, arch["z_reg"]).to(self.device)
+
+    def generator_iterations(self, n_train: int) -> int:
+        p = self.params
+        if p["wgan_epochs"] > 0:
+            per_epoch = max(n_train // min(p["batch_size"], n_train) - p["critic_iters"], 1)
+            return math.ceil(p["wgan_epochs"] * per_epoch / p["critic_iters"])
+        return p["iterations"]
+
+    # -- training -----------------------------------------------------------------------------------
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if not self.params["hflip"]:
+            return x
+        flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        return torch.where(flip, x.flip(-1), x)
+
+    def _critic_step(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        p, dev, bs = self.params, x.device, len(x)
+        z = torch.randn(bs, p["z_dim"], generator=gen).to(dev)
+        alpha = torch.rand(bs, 1, 1, 1, generator=gen).to(dev)
+        with torch.no_grad(), frozen_bn_stats(self.G):
+            fake = self.G(z)
+        out = self.D(torch.cat([x, fake]))
+        d_real, d_fake = out[:bs].mean(), out[bs:].mean()
+        gp = gradient_penalty(self.D, x, fake, alpha)
+        loss = d_fake - d_real + p["gp_lambda"] * gp
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.detach(), gp.detach(), (d_real - d_fake).detach()
+
+    def _generator_step(self, bs: int, gen: torch.Generator) -> torch.Tensor:
+        z = torch.randn(bs, self.params["z_dim"], generator=gen).to(self.device)
+        set_requires_grad(self.D, False)
+        loss = -self.D(self.G(z)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        set_requires_grad(self.D, True)
+        return loss.detach()
+
+    def _encoder_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            f_x = self.D.features(x)
+        x_rec = self.G(self.E(x))
+        total, pix, feat = izif_per_sample(x, x_rec, f_x, self.D.features(x_rec), self.params["kappa"])
+        loss = total.mean()
+        self.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_e.step()
+        return loss.detach(), pix.mean().detach(), feat.mean().detach()
+
+    def _set_stage_modes(self, stage: int) -> None:
+        if stage == 1:
+            self.G.train()
+            self.D.train()
+            self.E.train()
+            set_requires_grad(self.G, True)
+            set_requires_grad(self.D, True)
+        else:  # encoder stage: G/D frozen, G uses its BN running statistics
+            self.G.eval()
+            self.D.eval()
+            self.E.train()
+            set_requires_grad(self.G, False)
+            set_requires_grad(self.D, False)
+
+    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
+        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
+                "E": cpu_state(self.E), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_e": self.opt_e.state_dict(), "sampler": sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "params": dict(self.params)}
+
+    def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "FAnoGAN":
+        ctx = ctx or FitContext(progress=False)
+        p, dev = self.params, self.device
+        for k in ("batch_size", "critic_iters"):
+            if p[k] < 1:
+                raise ConfigError(f"fanogan: {k} must be >= 1, got {p[k]}")
+        gen = seed_everything(p["seed"])
+        self._build(self._arch(train.image_shape))
+        data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
+        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
+        g_iters, e_iters = self.generator_iterations(len(data)), p["encoder_iterations"]
+        total = g_iters + e_iters
+        lr, betas = float(p["lr"]), (float(p["beta1"]), float(p["beta2"]))  # YAML may give ints
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.opt_e = TFRMSprop(self.E.parameters(), lr=float(p["encoder_lr"]))
+
+        step = 0
+        state = ctx.load_resume()
+        if state is not None:
+            if state["arch"] != self.arch_:
+                raise ConfigError(f"fanogan: resume state in {ctx.resume_path} was written for architecture "
+                                  f"{state['arch']}, this run builds {self.arch_}; use a fresh work folder")
+            for name in ("G", "D", "E"):
+                getattr(self, name).load_state_dict(state[name])
+            for name in ("opt_g", "opt_d", "opt_e"):
+                getattr(self, name).load_state_dict(state[name])
+            sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            step = int(state["step"])
+            ctx.info(f"fanogan: resumed at step {step}/{total}")
+
+        sums: dict[str, torch.Tensor | float] = {}
+        n_in_window = 0
+        pbar = ctx.progress_bar(total, "train", initial=step)
+        try:
+            while step < total:
+                stage = 1 if step < g_iters else 2
+                self._set_stage_modes(stage)
+                if stage == 1:
+                    for _ in range(p["critic_iters"]):
+                        x = self._augment(data[sampler.next_indices().to(data.device)], gen)
+                        d_loss, gp, wdist = self._critic_step(x, gen)
+                    g_loss = self._generator_step(sampler.bs, gen)
+                    vals = {"d_loss": d_loss, "g_loss": g_loss, "gp": gp, "wdist": wdist}
+                else:
+                    x = self._augment(data[sampler.next_indices().to(data.device)], gen)
+                    e_loss, e_img, e_feat = self._encoder_step(x)
+                    vals = {"enc_loss": e_loss, "enc_img": e_img, "enc_feat": e_feat}
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_in_window += 1
+                step += 1
+                pbar.update(1)
+
+                stage_done = step in (g_iters, total)
+                if (p["log_every"] > 0 and step % p["log_every"] == 0) or stage_done:
+                    row = {k: 0.0 for k in LOSS_KEYS}
+                    row["stage"] = float(stage)
+                    row.update({k: float(v) / n_in_window for k, v in sums.items()})
+                    ctx.log_losses(step, row)
+                    sums, n_in_window = {}, 0
+                if stage == 2 and ctx.wants_checkpoint(step - g_iters):
+                    self.fitted_ = True
+                    ctx.save_selection_checkpoint(step, self.state_dict())
+                if stage_done or (p["resume_every"] > 0 and step % p["resume_every"] == 0):
+                    ctx.save_resume(self._resume_state(step, sampler))
+        finally:
+            pbar.close()
+        self.G.eval()
+        self.D.eval()
+        self.E.eval()
+        self.fitted_ = True
+        return self
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not getattr(self, "fitted_", False) or not hasattr(self, "G"):
+            raise RuntimeError("fanogan: call fit() or load a state before score()")
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(score, |x - G(E(x))|, G(E(x))) for a device batch, all nets in inference mode."""
+        x_rec = self.G(self.E(x))
+        total, _, _ = izif_per_sample(x, x_rec, self.D.features(x), self.D.features(x_rec), self.params["kappa"])
+        return total, (x - x_rec).abs()[:, 0], x_rec[:, 0]
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        self._check_fitted()
+        for m in (self.G, self.D, self.E):
+            m.eval()
+        scores, maps, recs = map_batches(self.reconstruct, images, self.params["score_batch_size"], self.device)
+        return ScoreResult(scores.numpy(), maps.numpy(), recs.numpy())
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {"arch": dict(self.arch_), "G": cpu_state(self.G), "D": cpu_state(self.D), "E": cpu_state(self.E)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._build(state["arch"])
+        for name in ("G", "D", "E"):
+            getattr(self, name).load_state_dict(state[name])
+            getattr(self, name).eval()
+        self.fitted_ = True

@@ -1,0 +1,373 @@
+"""GANomaly (Akcay, Atapour-Abarghouei & Breckon, ACCV 2018), written from scratch in PyTorch.
+
+Authors' code: samet-akcay/ganomaly@78da4ea (``lib/networks.py``, ``lib/model.py`` after the
+feature-matching PR #45, ``options.py``). Spec: baselines.md §4. Not anomalib's GANomaly, which differs
+in its adversarial and encoder losses (baselines.md §5.7).
+
+What follows the authors' code
+------------------------------
+* NetG = encoder E1 → decoder → encoder E2, returning (x̂, z, ẑ); DCGAN encoder: conv k4 s2 p1 → ndf,
+  LeakyReLU(0.2) (no BN), then while size > 4: conv k4 s2 p1 C → 2C + BN + LeakyReLU(0.2), final conv
+  k4 s1 p0 → nz (no activation); all convs bias-free. Decoder: convT k4 s1 p0 nz → ngf/2·size/4 + BN +
+  ReLU, convT k4 s2 p1 halving channels until size/2 (+BN+ReLU), convT k4 s2 p1 → nc, tanh.
+  ``extra_layers`` adds the authors' optional 3x3 conv+BN+activation layers (default 0).
+* NetD = the same encoder with nz = 1: ``features`` = all layers but the last conv, ``classifier`` =
+  last conv + sigmoid. (The authors build it with ``ngf``; we expose ``ndf``, default equal.)
+* Init (``weights_init``): conv/convT weights N(0, 0.02); BN weight N(1, 0.02), bias 0.
+* Losses: L_G = w_adv·mean (f(x) - f(x̂))² (feature matching on D's features, D in train mode)
+  + w_con·mean |x - x̂| + w_enc·mean (z - ẑ)², weights 1/50/1. L_D = 0.5·[BCE(D(x), 1) + BCE(D(x̂), 0)].
+  Adam lr 2e-4, β = (0.5, 0.999) for both nets. Batch 64, 15 epochs, last incomplete batch dropped.
+* Order per iteration (``optimize_params``): forward G; forward D on x and x̂.detach(); G step; D step
+  with the predictions from before the G step; if L_D < 1e-5 the D weights are re-initialised with
+  ``weights_init`` (optimiser state kept, as in the authors' ``reinit_d``).
+* Score: s(x) = mean_k (z_k - ẑ_k)² over the nz latent dimensions. The authors min-max normalise it over
+  the test set, which preserves the ranking; we return the raw value.
+
+Deviations (and why)
+--------------------
+* No test-set model selection: the authors evaluate the test set after each epoch and keep the weights
+  with the best test AUC. We train a fixed number of ``epochs``; label-free selection is the harness's
+  job (selection checkpoints every ``checkpoint_every`` iterations).
+* BN at test time (``bn_test_mode``). ``eval`` (default): running statistics, so a score does not depend
+  on the other images in the batch. ``train_bs1``: the authors' protocol (their ``test()`` never calls
+  ``.eval()``; Akcay's stated intent is batch size 1 at test; MedIAnomaly does the same): every image is
+  passed alone through NetG in train mode, i.e. normalised by its own statistics. In the authors' code
+  this also overwrites the stored running statistics with test-set statistics; we run these passes on
+  a throw-away copy of NetG, so scoring never changes the model.
+* Image sizes must be powers of two ≥ 16 (the authors assert a multiple of 16, but other sizes break
+  their decoder loop). 1-channel (grey) inputs in [-1, 1]; nc follows the data.
+* ``residual_map`` (default false): optionally return |x - x̂| as a pixel map. **Not in the original**
+  (GANomaly is image-level only). x̂ is always returned as the reconstruction.
+* The D re-initialisation needs L_D on the host every iteration (one device sync per iteration, as in
+  the authors' code).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_bench.errors import ConfigError
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.methods.fanogan import ResumableBatchSampler, cpu_state
+from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
+from anomaly_bench.registry import register_method
+
+# ---------------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_size(size: int) -> None:
+    if size < 16 or size & (size - 1):
+        raise ConfigError(f"ganomaly: image size {size} is not supported; use a power of two >= 16 "
+                          f"(32 = authors' default, 64, 128, 256); resize the dataset")
+
+
+def dcgan_encoder_layers(isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0) -> list[nn.Module]:
+    """The authors' DCGAN ``Encoder.main`` as a layer list (last = final conv to ``nz``)."""
+    check_size(isize)
+    layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+    csize, c = isize // 2, ndf
+    for _ in range(extra_layers):
+        layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]
+    while csize > 4:
+        layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True)]
+        c, csize = 2 * c, csize // 2
+    layers.append(nn.Conv2d(c, nz, 4, 1, 0, bias=False))
+    return layers
+
+
+class DCGANEncoder(nn.Module):
+    def __init__(self, isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0):
+        super().__init__()
+        self.main = nn.Sequential(*dcgan_encoder_layers(isize, nz, nc, ndf, extra_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+
+class DCGANDecoder(nn.Module):
+    def __init__(self, isize: int, nz: int, nc: int, ngf: int, extra_layers: int = 0):
+        super().__init__()
+        check_size(isize)
+        c = ngf // 2 * (isize // 4)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        csize = 4
+        while csize < isize // 2:
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
+            c, csize = c // 2, csize * 2
+        for _ in range(extra_layers):
+            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(c, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class NetG(nn.Module):
+    """E1 → decoder → E2; returns (x̂, z, ẑ) with z, ẑ of shape (B, nz, 1, 1)."""
+
+    def __init__(self, isize: int, nc: int, nz: int, ngf: int, extra_layers: int = 0):
+        super().__init__()
+        self.encoder1 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
+        self.decoder = DCGANDecoder(isize, nz, nc, ngf, extra_layers)
+        self.encoder2 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.encoder1(x)
+        x_hat = self.decoder(z)
+        return x_hat, z, self.encoder2(x_hat)
+
+
+class NetD(nn.Module):
+    """DCGAN encoder with nz = 1; returns (probability (B,), features (B, C, 4, 4))."""
+
+    def __init__(self, isize: int, nc: int, ndf: int, extra_layers: int = 0):
+        super().__init__()
+        layers = dcgan_encoder_layers(isize, 1, nc, ndf, extra_layers)
+        self.features = nn.Sequential(*layers[:-1])
+        self.classifier = nn.Sequential(layers[-1], nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.classifier(f).view(-1), f
+
+
+def weights_init(module: nn.Module) -> None:
+    """The authors' ``weights_init`` (apply with ``net.apply``)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------------
+
+
+def generator_losses(feat_real: torch.Tensor, feat_fake: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor,
+                     z: torch.Tensor, z_hat: torch.Tensor, w_adv: float, w_con: float,
+                     w_enc: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_G, L_adv, L_con, L_enc): feature matching (L2), L1 reconstruction, L2 latent."""
+    adv = (feat_real - feat_fake).pow(2).mean()
+    con = (x - x_hat).abs().mean()
+    enc = (z - z_hat).pow(2).mean()
+    return w_adv * adv + w_con * con + w_enc * enc, adv, con, enc
+
+
+def discriminator_loss(pred_real: torch.Tensor, pred_fake: torch.Tensor) -> torch.Tensor:
+    """0.5·[BCE(D(x), 1) + BCE(D(x̂), 0)] on sigmoid outputs (``nn.BCELoss``, log clamped at -100)."""
+    return 0.5 * (F.binary_cross_entropy(pred_real, torch.ones_like(pred_real))
+                  + F.binary_cross_entropy(pred_fake, torch.zeros_like(pred_fake)))
+
+
+def latent_score(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+    """Per-image anomaly score mean_k (z_k - ẑ_k)²."""
+    return (z - z_hat).pow(2).flatten(1).mean(1)
+
+
+def maybe_reinit_discriminator(netd: nn.Module, d_loss: float, threshold: float) -> bool:
+    """The authors' ``reinit_d``: re-initialise D's weights when its loss fell below ``threshold``."""
+    if d_loss < threshold:
+        netd.apply(weights_init)
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------------
+
+LOSS_KEYS = ("d_loss", "g_loss", "g_adv", "g_con", "g_enc", "d_reinits")
+
+
+@register_method("ganomaly")
+class GANomaly(AnomalyMethod):
+    """GANomaly: encoder-decoder-encoder generator + DCGAN discriminator; score = mean (z - ẑ)².
+
+    See the module docstring for what follows samet-akcay/ganomaly and where (and why) we deviate.
+    """
+
+    default_train_sets = "healthy"
+    defaults = {
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 2.0e-4,
+        "beta1": 0.5,
+        "nz": 100,
+        "ngf": 64,
+        "ndf": 64,
+        "extra_layers": 0,
+        "w_adv": 1.0,
+        "w_con": 50.0,
+        "w_enc": 1.0,
+        "d_reinit_threshold": 1.0e-5,
+        "bn_test_mode": "eval",
+        "residual_map": False,      # |x - x̂| as pixel map: NOT in the original
+        "score_batch_size": 64,
+        "checkpoint_every": 0,      # iterations between selection checkpoints
+        "log_every": 50,
+        "resume_every": 500,        # iterations between resume states (0 = only at the end)
+    }
+    choices = {"bn_test_mode": ("eval", "train_bs1")}
+
+    # -- construction -------------------------------------------------------------------------------
+    def _arch(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        c, h, w = image_shape
+        if h != w:
+            raise ConfigError(f"ganomaly: images must be square, got {h}x{w}")
+        check_size(h)
+        p = self.params
+        return {"channels": int(c), "size": int(h), "nz": p["nz"], "ngf": p["ngf"], "ndf": p["ndf"],
+                "extra_layers": p["extra_layers"]}
+
+    def _build(self, arch: dict[str, Any], with_d: bool = True) -> None:
+        self.arch_ = dict(arch)
+        self.G = NetG(arch["size"], arch["channels"], arch["nz"], arch["ngf"], arch["extra_layers"])
+        self.G.apply(weights_init)
+        self.G.to(self.device)
+        if with_d:
+            self.D = NetD(arch["size"], arch["channels"], arch["ndf"], arch["extra_layers"])
+            self.D.apply(weights_init)
+            self.D.to(self.device)
+
+    # -- training -----------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One iteration in the authors' order; returns the losses (device tensors) and ``d_reinit``."""
+        p = self.params
+        self.G.train()
+        self.D.train()
+        # forward G, then D on real and on detached fake (predictions kept for the D step)
+        x_hat, z, z_hat = self.G(x)
+        pred_real, _ = self.D(x)
+        pred_fake, _ = self.D(x_hat.detach())
+        # G step: feature matching with D in train mode (D's weights get no update from it)
+        set_requires_grad(self.D, False)
+        with torch.no_grad():
+            feat_real = self.D(x)[1]
+        feat_fake = self.D(x_hat)[1]
+        set_requires_grad(self.D, True)
+        g_loss, adv, con, enc = generator_losses(feat_real, feat_fake, x, x_hat, z, z_hat,
+                                                 p["w_adv"], p["w_con"], p["w_enc"])
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        # D step on the pre-G-step predictions, then re-initialise D if its loss collapsed
+        d_loss = discriminator_loss(pred_real, pred_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        reinit = maybe_reinit_discriminator(self.D, float(d_loss.detach()), p["d_reinit_threshold"])
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "g_adv": adv.detach(),
+                "g_con": con.detach(), "g_enc": enc.detach(), "d_reinits": float(reinit)}
+
+    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
+        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "d_reinits": self.d_reinits_, "params": dict(self.params)}
+
+    def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "GANomaly":
+        ctx = ctx or FitContext(progress=False)
+        p, dev = self.params, self.device
+        if p["batch_size"] < 1 or p["epochs"] < 0:
+            raise ConfigError(f"ganomaly: batch_size must be >= 1 and epochs >= 0, "
+                              f"got {p['batch_size']} and {p['epochs']}")
+        gen = seed_everything(p["seed"])
+        self._build(self._arch(train.image_shape))
+        data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
+        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
+        total = p["epochs"] * sampler.batches_per_epoch
+        lr, betas = float(p["lr"]), (float(p["beta1"]), 0.999)  # YAML may give ints
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.d_reinits_ = 0
+
+        step = 0
+        state = ctx.load_resume()
+        if state is not None:
+            if state["arch"] != self.arch_:
+                raise ConfigError(f"ganomaly: resume state in {ctx.resume_path} was written for architecture "
+                                  f"{state['arch']}, this run builds {self.arch_}; use a fresh work folder")
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.d_reinits_ = int(state["d_reinits"])
+            step = int(state["step"])
+            ctx.info(f"ganomaly: resumed at iteration {step}/{total}")
+
+        sums: dict[str, Any] = {}
+        n_in_window = 0
+        pbar = ctx.progress_bar(total, "train", initial=step)
+        try:
+            while step < total:
+                x = data[sampler.next_indices().to(data.device)]
+                vals = self.train_step(x)
+                self.d_reinits_ += int(vals["d_reinits"])
+                for k in LOSS_KEYS:
+                    sums[k] = sums.get(k, 0.0) + vals[k]
+                n_in_window += 1
+                step += 1
+                pbar.update(1)
+                if (p["log_every"] > 0 and step % p["log_every"] == 0) or step == total:
+                    row = {k: float(v) / n_in_window for k, v in sums.items()}
+                    row["d_reinits"] = float(sums["d_reinits"])  # count in the window, not a mean
+                    ctx.log_losses(step, row)
+                    sums, n_in_window = {}, 0
+                if ctx.wants_checkpoint(step):
+                    self.fitted_ = True
+                    ctx.save_selection_checkpoint(step, self.state_dict())
+                if step == total or (p["resume_every"] > 0 and step % p["resume_every"] == 0):
+                    ctx.save_resume(self._resume_state(step, sampler))
+        finally:
+            pbar.close()
+        if self.d_reinits_:
+            ctx.info(f"ganomaly: the discriminator was re-initialised {self.d_reinits_} time(s)")
+        self.G.eval()
+        self.D.eval()
+        self.fitted_ = True
+        return self
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not getattr(self, "fitted_", False) or not hasattr(self, "G"):
+            raise RuntimeError("ganomaly: call fit() or load a state before score()")
+
+    @staticmethod
+    @torch.no_grad()
+    def _forward_score(netg: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_hat, z, z_hat = netg(x)
+        return latent_score(z, z_hat), (x - x_hat).abs()[:, 0], x_hat[:, 0]
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        self._check_fitted()
+        if self.params["bn_test_mode"] == "eval":
+            netg, bs = self.G.eval(), self.params["score_batch_size"]
+        else:  # authors' protocol: train-mode BN, one image at a time, on a copy (stored stats untouched)
+            netg, bs = copy.deepcopy(self.G).train(), 1
+        scores, maps, recs = map_batches(lambda x: self._forward_score(netg, x), images, bs, self.device)
+        return ScoreResult(scores.numpy(), maps.numpy() if self.params["residual_map"] else None, recs.numpy())
+
+    # -- persistence --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """NetG only (the score needs no discriminator)."""
+        self._check_fitted()
+        return {"arch": dict(self.arch_), "G": cpu_state(self.G)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._build(state["arch"], with_d=False)
+        self.G.load_state_dict(state["G"])
+        self.G.eval()
+        self.fitted_ = True
+
