@@ -61,8 +61,10 @@ class MethodSpec:
     def key(self) -> str:
         return self.label or self.name
 
-    def fingerprint(self, profile: str) -> str:
-        blob = json.dumps({**asdict(self), "profile": self.profile or profile}, sort_keys=True, default=str)
+    def fingerprint(self, profile: str, resolved_params: dict[str, Any] | None = None) -> str:
+        """Changes when anything that defines the job changes, the method's YAML included."""
+        blob = json.dumps({**asdict(self), "profile": self.profile or profile, "resolved": resolved_params},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

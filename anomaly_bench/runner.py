@@ -243,7 +243,7 @@ class Runner:
         profile = m.profile or exp.profile
         cls = get_method(m.name)
         params = method_params(m.name, profile, {**m.params, "seed": job.seed, "device": str(self.device)})
-        fp = m.fingerprint(exp.profile)
+        fp = m.fingerprint(exp.profile, params)
         meta_path = job.dir / "job.json"
         if meta_path.exists():
             old = json.loads(meta_path.read_text())

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.nn.coreset import (anomalib_select, coreset_size, greedy_select, jl_min_dim,
-                                      project_like_anomalib, select_coreset)
+from anomaly_bench.nn.coreset import (
+    anomalib_select,
+    coreset_size,
+    greedy_select,
+    jl_min_dim,
+    project_like_anomalib,
+    select_coreset,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

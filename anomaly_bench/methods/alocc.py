@@ -43,8 +43,9 @@ Deviations (with reasons, flags give the authors' behaviour)
   clean image); the code slices the data in a fixed order (``shuffle: false``), which correlates batches
   when the data set is ordered (e.g. by patient or slice).
 * Fixed epoch budget, no test-set selection (the paper's stopping rule is subjective; the code runs 40
-  epochs). The code also evaluated the losses after each step with extra training-mode forwards that updated
-  BN moving statistics; we log the losses of the steps themselves.
+  epochs); ``iterations > 0`` replaces it by an iteration budget (smoke runs).
+* The code also evaluated the losses after each step with extra training-mode forwards that updated BN
+  moving statistics; we log the losses of the steps themselves.
 
 Scaling: both nets are fully convolutional apart from D's last linear layer, so 64/128/256 px need no
 structural change (depth stays that of the preset; D's linear input grows: 4x4, 8x8, 16x16 x 8*df).

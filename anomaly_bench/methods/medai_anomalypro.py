@@ -44,6 +44,8 @@ Speed (same algorithm, fewer passes; ``reference_train_step`` below is the autho
     the authors' step 13.2 it/s; this step 1.81x in eager mode, 2.35x with ``compile`` (+ channels_last).
   * CPU: fp32; InstanceNorm through the fused group-norm kernel (``norm_impl: auto``); the generator's output conv
     runs in channels_last (``channels_last: auto`` = ``head`` on the CPU), the rest in NCHW (faster there).
+    Measured at 64 px, batch 8, widths 32, 3 res blocks, 1 thread: 1.25-1.3x the authors' step, 1.5x with
+    ``compile`` (inductor needs a C++ compiler and ~1 min to compile, so it is off by default).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult
 from anomaly_bench.nn.backbones import features_model, normalization
 
 GIB = 1024 ** 3

@@ -25,9 +25,10 @@ Where we deviate (speed, not result): anomalib recomputes ``||f - c||`` for all 
    (``torch.linalg.norm(f - c, dim=1)`` row by row, which gives the same bits per row as the full call; the
    test suite checks this), so every minimum that decides a pick, and hence every pick, equals anomalib's.
 
-Work is chunked, so the extra memory on top of the projected features is ``O(N)`` plus ``chunk_elems`` floats.
-Ties go as in anomalib's ``torch.max(dim=0)`` on the CPU: the lowest index among equal maxima. ``candidates > 0`` is an opt-in approximation (greedy on a random subset of rows);
-results carry ``exact=False`` then. ``impl="anomalib"`` runs anomalib's class itself.
+Work is chunked, so the extra memory on top of the projected features is ``O(N)`` plus ``chunk_elems``
+floats. Ties go as in anomalib's ``torch.max(dim=0)`` on the CPU: the lowest index among equal maxima.
+``candidates > 0`` is an opt-in approximation (greedy on a random subset of rows); results carry
+``exact=False`` then. ``impl="anomalib"`` runs anomalib's class itself.
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ def greedy_select(features: torch.Tensor, n_select: int, start: int | torch.Tens
         key[lo:lo + big] = torch.linalg.norm(fr - c0, ord=2, dim=1)
     if not bool(torch.isfinite(key).all()):
         raise ValueError("coreset: the embedding has non-finite values")
-    fnorm = fn.sqrt()
     last = torch.ones(n, dtype=torch.int64, device=dev)      # centres accounted for in key
     centres = torch.empty(n_select, d, dtype=torch.float32, device=dev)
     cnorm2 = torch.empty(n_select, dtype=torch.float32, device=dev)
