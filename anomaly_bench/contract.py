@@ -56,7 +56,8 @@ def _check_result(name: str, res: Any, n: int, size: int) -> ScoreResult:
         assert res.maps.shape == (n, size, size), f"{name}: maps shape {res.maps.shape}, expected ({n}, {size}, {size})"
         assert np.all(np.isfinite(res.maps)), f"{name}: non-finite anomaly maps"
     if res.reconstructions is not None:
-        assert res.reconstructions.shape == (n, size, size), f"{name}: reconstructions shape {res.reconstructions.shape}"
+        assert res.reconstructions.shape == (n, size, size), \
+            f"{name}: reconstructions shape {res.reconstructions.shape}"
     return res
 
 

@@ -53,7 +53,8 @@ class TrainSets:
             if t is None:
                 continue
             if t.ndim != 4 or t.dtype != torch.float32:
-                raise ValueError(f"TrainSets.{name} must be a float32 (N, C, H, W) tensor, got {tuple(t.shape)} {t.dtype}")
+                raise ValueError(f"TrainSets.{name} must be a float32 (N, C, H, W) tensor, "
+                                 f"got {tuple(t.shape)} {t.dtype}")
         if len(self.healthy) == 0:
             raise ValueError("TrainSets.healthy is empty: the split gave no healthy training images")
 

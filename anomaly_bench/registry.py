@@ -87,7 +87,7 @@ DATASET_FORMATS = Registry("dataset format", "anomaly_bench.data.formats", DATAS
 
 def register_method(name: str, *, overwrite: bool = False) -> Callable[[type], type]:
     """Class decorator: ``@register_method("my_method")`` on an :class:`AnomalyMethod` subclass."""
-    from anomaly_bench.interface import AnomalyMethod, TRAIN_SET_CHOICES
+    from anomaly_bench.interface import TRAIN_SET_CHOICES, AnomalyMethod
 
     def deco(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):

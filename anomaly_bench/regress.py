@@ -134,7 +134,8 @@ def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: 
 def write_reference(path: Path, values: dict[str, float], info: dict, tolerance: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"description": "anomaly-bench regression reference: mean over seeds of AUC/AP per "
-                           "dataset|setting|method|selection|level|metric (experiments/regression.yaml, ci profile, CPU)",
+                           "dataset|setting|method|selection|level|metric "
+                           "(experiments/regression.yaml, ci profile, CPU)",
             "tolerance": tolerance, "versions": info.get("versions"), "device": info.get("device"),
             "data_fingerprints": {k: v.get("fingerprint") for k, v in info.get("datasets", {}).items()},
             "wall_seconds": info.get("regress_seconds"), "values": values}

@@ -147,7 +147,6 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
     if cfg.manifest:
         return read_manifest(cfg.manifest, ds)
     rng = np.random.default_rng(seed)
-    n = len(ds)
     unit = _units(ds)
     n_units = int(unit.max()) + 1
     sizes = dict(zip(*np.unique(unit, return_counts=True)))
@@ -186,7 +185,8 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
     if predefined is not None and (role_of_unit == "test").any():
         cand = [u for u in range(n_units) if role_of_unit[u] == "test"]
         total_test = sum(sizes[u] for u in cand)
-        want = _count(cfg.test_size, total_test) if not (isinstance(cfg.test_size, float) and cfg.test_size < 1) else None
+        fraction = isinstance(cfg.test_size, float) and cfg.test_size < 1
+        want = None if fraction else _count(cfg.test_size, total_test)
         if want is not None and want < total_test:
             for u in cand:
                 role_of_unit[u] = "unused"

@@ -96,7 +96,7 @@ class Autoencoder(AnomalyMethod):
                 if ctx.wants_checkpoint(it):
                     ctx.save_selection_checkpoint(it, self.state_dict())
                 if p["resume_every"] and it % p["resume_every"] == 0 and it < p["iterations"]:
-                    ctx.save_resume({"net": self.net.state_dict(), "opt": opt.state_dict(), 
+                    ctx.save_resume({"net": self.net.state_dict(), "opt": opt.state_dict(),
                                      "torch_rng": torch.get_rng_state(), "iteration": it})
         self.fitted_ = True
         return self

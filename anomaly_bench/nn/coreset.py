@@ -13,14 +13,14 @@ What follows anomalib (``anomalib/models/components/sampling/k_center_greedy.py`
   ``torch.max(dim=0)`` returns on the CPU), the chosen point set to 0. Coreset size ``int(N * ratio)``.
 
 Where we deviate (speed, not result): anomalib recomputes ``||f - c||`` for all ``N`` points at every step
-(an ``N x d`` temporary, ~1-2 s per step at 614,400 x 329 on 2 busy cores). Here (:func:`greedy_select`)
+(an ``N x d`` temporary; 0.3-1 s per step at 614,400 x 329 on 2 CPU cores). Here (:func:`greedy_select`)
 
 1. the running minima are evaluated lazily: a point's stored minimum is only an upper bound until it
    competes for the maximum, and only the few points with the largest bounds are brought up to date each
    step (a heap-like pool of the largest bounds avoids touching all ``N`` points);
 2. bringing a point up to date uses squared distances ``||f||^2 - 2 f.c + ||c||^2`` (``||f||^2``
    precomputed; one matrix product per chunk of points against the new centres) as a filter with a
-   rounding-error margin (``gamma * (||f|| + ||c||)^2``) that makes it conservative;
+   rounding-error margin (``2 gamma (||f||^2 + ||c||^2)``, :func:`_gamma`) that makes it conservative;
 3. for the (point, centre) pairs that pass, the distance is recomputed with anomalib's own arithmetic
    (``torch.linalg.norm(f - c, dim=1)`` row by row, which gives the same bits per row as the full call; the
    test suite checks this), so every minimum that decides a pick, and hence every pick, equals anomalib's.
