@@ -7,48 +7,33 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    KillAfterResumeSave,
+    Killed,
+    check_batch_independence,
+    check_seed_determinism,
+    load_both_ways,
+    smoke_fits,
+    three_blobs,
+)
 from torch.nn.utils import parametrize
 
 from anomaly_bench.config import method_params
 from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.interface import FitContext, TrainSets
 from anomaly_bench.methods.alad import (
     ALAD,
-    EpochSampler,
     build_networks,
     discriminator_losses,
     dxx_widths,
     fm_score,
     generator_encoder_losses,
-    keep_bn_stats,
     stage_widths,
 )
+from anomaly_bench.nn.training import EpochSampler, keep_bn_stats
 from anomaly_bench.registry import get_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These nets are tiny: one intra-op thread is as fast on 2 free cores and far faster on a busy machine
-    (OpenMP threads spin when cores are oversubscribed). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def blobs(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Healthy toy images: three smooth Gaussian blobs, scaled to [-0.8, 0.8]."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    out = torch.empty(n, 1, size, size)
-    for i in range(n):
-        img = torch.zeros(size, size)
-        for _ in range(3):
-            cx, cy = (torch.rand(2, generator=g) * 1.2 - 0.6).tolist()
-            r = 0.25 + 0.2 * torch.rand(1, generator=g).item()
-            img += torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
-        out[i, 0] = img / img.max() * 1.6 - 0.8
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_square(x: torch.Tensor) -> torch.Tensor:
@@ -225,36 +210,28 @@ def test_registered_with_profiles_and_defaults():
 @pytest.fixture(scope="module")
 def smoke_pair():
     """Two smoke-profile fits with the same seed on healthy blobs."""
-    params = method_params("alad", "smoke")
-    train = TrainSets(blobs(64, seed=0))
-    return [ALAD(**params).fit(train) for _ in range(2)]
+    return smoke_fits("alad")
 
 
 def test_smoke_training_flags_anomalies_and_is_deterministic(smoke_pair):
-    m1, m2 = smoke_pair
-    test = blobs(16, seed=1)
+    m1 = smoke_pair[0]
+    test = three_blobs(16, seed=1)
     square = torch.full((2, 1, 64, 64), -0.8)
     square[:, :, 16:48, 16:48] = 1.0
     s_h, s_sq, s_big = (m1.score(v).scores for v in (test, with_square(test), square))
     assert s_big.min() > s_h.max()
     assert s_sq.mean() > s_h.mean()
     assert (s_sq > s_h).mean() >= 0.75  # the same images with a bright square: most score higher
-    assert np.array_equal(s_h, m2.score(test).scores)  # same seed -> bit-identical
-    other = ALAD(**{**m1.params, "seed": 1}).fit(TrainSets(blobs(64, seed=0)))
-    assert not np.array_equal(s_h, other.score(test).scores)
+    check_seed_determinism(smoke_pair, test, s_h)
 
 
 def test_score_outputs_and_batch_independence(smoke_pair):
     m = smoke_pair[0]
-    x = blobs(7, seed=5)
+    x = three_blobs(7, seed=5)
     res = m.score(x)
     assert res.scores.shape == (7,) and res.maps.shape == (7, 64, 64) and res.reconstructions.shape == (7, 64, 64)
     assert np.all(np.isfinite(res.scores)) and (res.maps >= 0).all()
-    single = np.array([m.score(x[i:i + 1]).scores[0] for i in range(7)])
-    perm = torch.randperm(7, generator=torch.Generator().manual_seed(0))
-    shuffled = m.score(x[perm]).scores
-    np.testing.assert_allclose(single, res.scores, rtol=1e-5)
-    np.testing.assert_allclose(shuffled, res.scores[perm.numpy()], rtol=1e-5)
+    check_batch_independence(m, x, res.scores, rtol=1e-5)
     # eval mode is restored and nothing learned changes while scoring
     assert not m.encoder_.training
     np.testing.assert_array_equal(m.score(x).scores, res.scores)
@@ -263,8 +240,8 @@ def test_score_outputs_and_batch_independence(smoke_pair):
 
 
 def test_other_scores_and_no_maps():
-    train = TrainSets(blobs(16))
-    x = blobs(3, seed=2)
+    train = TrainSets(three_blobs(16))
+    x = three_blobs(3, seed=2)
     ref = ALAD(**TINY).fit(train)
     for kind in ("ch", "l1", "l2"):
         m = ALAD(**TINY, score=kind, return_maps=False).fit(train)
@@ -278,10 +255,8 @@ def test_other_scores_and_no_maps():
 
 def test_save_load_round_trip(tmp_path, smoke_pair):
     m = smoke_pair[0]
-    x = blobs(5, seed=9)
-    path = m.save(tmp_path / "alad.pt")
-    for loaded in (ALAD.load(path), AnomalyMethod.load(path)):
-        assert isinstance(loaded, ALAD)
+    x = three_blobs(5, seed=9)
+    for loaded in load_both_ways(m, tmp_path / "alad.pt"):
         r0, r1 = m.score(x), loaded.score(x)
         np.testing.assert_array_equal(r0.scores, r1.scores)
         np.testing.assert_array_equal(r0.maps, r1.maps)
@@ -297,28 +272,18 @@ def test_rejects_unsupported_image_sizes():
         ALAD(**TINY).fit(TrainSets(torch.zeros(4, 1, 64, 32)))
 
 
-class _Killed(Exception):
-    pass
-
-
-class _KillAfterFirstResume(FitContext):
-    def save_resume(self, state):
-        super().save_resume(state)
-        raise _Killed
-
-
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
     params = {**TINY, "iterations": 8, "resume_every": 3, "checkpoint_every": 4, "seed": 3}
-    train = TrainSets(blobs(24))
-    x = blobs(4, seed=4)
+    train = TrainSets(three_blobs(24))
+    x = three_blobs(4, seed=4)
     full_ctx = FitContext(workdir=tmp_path / "full", progress=False, checkpoint_every=4)
     full = ALAD(**params).fit(train, full_ctx)
     assert [i for i, _ in full_ctx.selection_checkpoints] == [4, 8]
     lines = (tmp_path / "full" / "losses.csv").read_text().splitlines()
     assert lines[0].startswith("iteration,dis_xz,dis_xx,dis_zz") and len(lines) == 1 + 4
 
-    with pytest.raises(_Killed):
-        ALAD(**params).fit(train, _KillAfterFirstResume(workdir=tmp_path / "killed", progress=False))
+    with pytest.raises(Killed):
+        ALAD(**params).fit(train, KillAfterResumeSave(workdir=tmp_path / "killed", progress=False))
     assert torch.load(tmp_path / "killed" / "resume.pt", weights_only=False)["iteration"] == 3
     resumed = ALAD(**params).fit(train, FitContext(workdir=tmp_path / "killed", progress=False))
     np.testing.assert_array_equal(resumed.score(x).scores, full.score(x).scores)
@@ -332,7 +297,7 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path):
 def test_scoring_uses_ema_weights_with_live_buffers():
     from anomaly_bench.nn.common import seed_everything
 
-    train = TrainSets(blobs(16))
+    train = TrainSets(three_blobs(16))
     frozen = ALAD(**{**TINY, "ema_decay": 1.0}).fit(train)  # decay 1: the average never leaves the init
     seed_everything(frozen.params["seed"])
     init = build_networks(frozen.arch_)
@@ -349,7 +314,7 @@ def test_scoring_uses_ema_weights_with_live_buffers():
 def test_non_finite_loss_raises_training_error():
     from anomaly_bench.errors import TrainingError
 
-    bad = blobs(16)
+    bad = three_blobs(16)
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingError):
         ALAD(**TINY).fit(TrainSets(bad))

@@ -5,10 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    KillAfterResumeSave,
+    Killed,
+    check_batch_independence,
+    check_seed_determinism,
+    load_both_ways,
+    smoke_fits,
+    three_blobs,
+)
 
 from anomaly_bench.config import method_params
 from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.interface import FitContext, TrainSets
 from anomaly_bench.methods.alocc import (
     ALOCC,
     SameConv,
@@ -23,30 +32,7 @@ from anomaly_bench.methods.alocc import (
 from anomaly_bench.nn.optim import TFRMSprop
 from anomaly_bench.registry import get_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These nets are tiny: one intra-op thread is as fast on 2 free cores and far faster on a busy machine
-    (OpenMP threads spin when cores are oversubscribed). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def blobs(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Healthy toy images: three smooth Gaussian blobs, scaled to [-0.8, 0.8]."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    out = torch.empty(n, 1, size, size)
-    for i in range(n):
-        img = torch.zeros(size, size)
-        for _ in range(3):
-            cx, cy = (torch.rand(2, generator=g) * 1.2 - 0.6).tolist()
-            r = 0.25 + 0.2 * torch.rand(1, generator=g).item()
-            img += torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
-        out[i, 0] = img / img.max() * 1.6 - 0.8
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def arch(size: int, preset: str = "code", width: int = 0) -> dict:
@@ -159,7 +145,7 @@ def test_noise_is_gaussian_clipped_and_drawn_once_by_default():
     edge = add_noise(torch.full((2, 1, 32, 32), 0.95), 0.155, torch.Generator().manual_seed(0))
     assert edge.max() == 1.0 and edge.min() >= -1.0
     m = ALOCC()
-    data = blobs(3)
+    data = three_blobs(3)
     assert torch.equal(m._noisy(data, 0), m._noisy(data, 5))
     m = ALOCC(noise_per_epoch=True)
     assert not torch.equal(m._noisy(data, 0), m._noisy(data, 5))
@@ -190,40 +176,34 @@ def test_uses_tf_rmsprop_for_both_nets(monkeypatch):
         orig(self, params, lr=lr, **kw)
 
     monkeypatch.setattr(TFRMSprop, "__init__", spy)
-    ALOCC(**{**TINY, "epochs": 1}).fit(TrainSets(blobs(8)))
+    ALOCC(**{**TINY, "epochs": 1}).fit(TrainSets(three_blobs(8)))
     assert made == [2e-3, 2e-3]
 
 
 @pytest.fixture(scope="module")
 def smoke_pair():
-    params = method_params("alocc", "smoke")
-    train = TrainSets(blobs(64, seed=0))
-    return [ALOCC(**params).fit(train) for _ in range(2)]
+    """Two smoke-profile fits with the same seed on healthy blobs."""
+    return smoke_fits("alocc")
 
 
 def test_smoke_training_flags_anomalies_and_is_deterministic(smoke_pair):
     """ALOCC's D(R(x)) flags gross intensity anomalies after a few seconds of training: contrast-inverted
     anatomy and a saturated image. (It does not reliably flag uniform noise at smoke budgets.)"""
-    m1, m2 = smoke_pair
-    test = blobs(16, seed=1)
+    m1 = smoke_pair[0]
+    test = three_blobs(16, seed=1)
     s_h = m1.score(test).scores
     assert m1.score(-test[:4]).scores.min() > s_h.max()          # inverted contrast
     assert m1.score(torch.ones(2, 1, 64, 64)).scores.min() > s_h.max()  # saturated
-    assert np.array_equal(s_h, m2.score(test).scores)  # same seed -> bit-identical
-    other = ALOCC(**{**method_params("alocc", "smoke"), "seed": 1}).fit(TrainSets(blobs(64, seed=0)))
-    assert not np.array_equal(s_h, other.score(test).scores)
+    check_seed_determinism(smoke_pair, test, s_h)
 
 
 def test_score_outputs_and_batch_dependence_by_bn_mode(smoke_pair):
     m = smoke_pair[0]
-    x = blobs(6, seed=5)
+    x = three_blobs(6, seed=5)
     res = m.score(x)
     assert res.scores.shape == (6,) and res.maps.shape == (6, 64, 64) and res.reconstructions.shape == (6, 64, 64)
     np.testing.assert_allclose(res.maps, np.abs(x[:, 0].numpy() - res.reconstructions), atol=1e-6)
-    single = np.array([m.score(x[i:i + 1]).scores[0] for i in range(6)])
-    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(single, res.scores, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m.score(x[perm]).scores, res.scores[perm.numpy()], rtol=1e-5, atol=1e-6)
+    check_batch_independence(m, x, res.scores, rtol=1e-5, atol=1e-6)
 
     # authors' code: batch statistics at test -> a score depends on the rest of the batch; state untouched
     batch = ALOCC(**{**m.params, "bn_test_mode": "batch"})
@@ -239,7 +219,7 @@ def test_score_outputs_and_batch_dependence_by_bn_mode(smoke_pair):
 def test_d_x_score_and_no_maps(smoke_pair):
     m = ALOCC(**{**smoke_pair[0].params, "score": "d_x", "return_maps": False})
     m.load_state_dict(smoke_pair[0].state_dict())
-    x = blobs(3, seed=2)
+    x = three_blobs(3, seed=2)
     res = m.score(x)
     assert res.maps is None
     with torch.no_grad():
@@ -248,37 +228,25 @@ def test_d_x_score_and_no_maps(smoke_pair):
 
 def test_save_load_round_trip(tmp_path, smoke_pair):
     m = smoke_pair[0]
-    x = blobs(5, seed=9)
-    path = m.save(tmp_path / "alocc.pt")
-    for loaded in (ALOCC.load(path), AnomalyMethod.load(path)):
-        assert isinstance(loaded, ALOCC)
+    x = three_blobs(5, seed=9)
+    for loaded in load_both_ways(m, tmp_path / "alocc.pt"):
         np.testing.assert_array_equal(m.score(x).scores, loaded.score(x).scores)
     with pytest.raises(ConfigError):
         m.score(torch.zeros(1, 1, 32, 32))
-
-
-class _Killed(Exception):
-    pass
-
-
-class _KillAfterFirstResume(FitContext):
-    def save_resume(self, state):
-        super().save_resume(state)
-        raise _Killed
 
 
 @pytest.mark.parametrize("noise_per_epoch", [False, True])
 def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path, noise_per_epoch):
     params = {**TINY, "epochs": 4, "resume_every": 3, "checkpoint_every": 4, "seed": 2,
               "noise_per_epoch": noise_per_epoch}
-    train = TrainSets(blobs(20))  # 2 batches per epoch -> 8 iterations
-    x = blobs(4, seed=4)
+    train = TrainSets(three_blobs(20))  # 2 batches per epoch -> 8 iterations
+    x = three_blobs(4, seed=4)
     full_ctx = FitContext(workdir=tmp_path / "full", progress=False, checkpoint_every=4)
     full = ALOCC(**params).fit(train, full_ctx)
     assert [i for i, _ in full_ctx.selection_checkpoints] == [4, 8]
     assert (tmp_path / "full" / "losses.csv").read_text().startswith("iteration,d_loss,r_loss")
-    with pytest.raises(_Killed):
-        ALOCC(**params).fit(train, _KillAfterFirstResume(workdir=tmp_path / "killed", progress=False))
+    with pytest.raises(Killed):
+        ALOCC(**params).fit(train, KillAfterResumeSave(workdir=tmp_path / "killed", progress=False))
     resumed = ALOCC(**params).fit(train, FitContext(workdir=tmp_path / "killed", progress=False))
     np.testing.assert_array_equal(resumed.score(x).scores, full.score(x).scores)
     m = ALOCC(**params)

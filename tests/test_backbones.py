@@ -9,14 +9,8 @@ import torch.nn.functional as F
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.nn import backbones as bb
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # results do not depend on it; it keeps the tests fast on an oversubscribed 2-core runner
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one thread: results do not depend on it; it keeps the tests fast on an oversubscribed 2-core runner
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _photo(img: np.ndarray, mean, std) -> torch.Tensor:

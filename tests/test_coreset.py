@@ -13,13 +13,8 @@ from anomaly_bench.nn.coreset import (
     select_coreset,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # same picks (checked row-wise below); fast on an oversubscribed 2-core runner
-    yield
-    torch.set_num_threads(n)
+# one thread: same picks (checked row-wise below); fast on an oversubscribed 2-core runner
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _both(emb: torch.Tensor, ratio: float, seed: int):

@@ -37,6 +37,13 @@ def write(path: Path, seed: int, **kw) -> Path:
     return path
 
 
+def load_guessed(root: Path, fmt: str):
+    """Load a fixture tree through the card guessed from its layout (checked to be ``fmt``), at 32 px."""
+    card = resolve_card(str(root))
+    assert card["format"] == fmt
+    return card, load_dataset(card, image_size=32)
+
+
 @pytest.fixture(autouse=True)
 def _no_env_data_root(monkeypatch, tmp_path):
     monkeypatch.delenv("ANOMALY_BENCH_DATA_ROOT", raising=False)
@@ -206,9 +213,7 @@ def test_brainomaly_layout(tmp_path):
             for k in range(2):
                 seed += 1
                 write(root / folder / f"{s}__{k:03d}.png", seed)
-    card = resolve_card(str(root))
-    assert card["format"] == "brainomaly"
-    ds = load_dataset(card, image_size=32)
+    _, ds = load_guessed(root, "brainomaly")
     role = dict(zip(ds.ids, ds.roles))
     label = dict(zip(ds.ids, ds.labels))
     assert role["train/pos/p1__000.png"] == "mixed" and label["train/pos/p1__000.png"] == 1
@@ -238,9 +243,7 @@ def covidx_tree(root: Path) -> Path:
 
 def test_covidx_classes_roles_subjects_and_preprocessing(tmp_path):
     root = covidx_tree(tmp_path / "covidx")
-    card = resolve_card(str(root))
-    assert card["format"] == "covidx"
-    ds = load_dataset(card, image_size=32)
+    card, ds = load_guessed(root, "covidx")
     assert "train/c.png" not in ds.ids  # pneumonia excluded by default
     lab = dict(zip(ds.ids, ds.labels.tolist()))
     assert lab == {"train/a.png": 1, "train/b.png": 0, "train/d.png": 0, "train/e.png": 1, "test/t1.png": 1,
@@ -292,9 +295,7 @@ def chestxray14_tree(root: Path) -> Path:
 
 def test_chestxray14_pa_only_labels_roles_subjects(tmp_path):
     root = chestxray14_tree(tmp_path / "cxr14")
-    card = resolve_card(str(root))
-    assert card["format"] == "chestxray14"
-    ds = load_dataset(card, image_size=32)
+    _, ds = load_guessed(root, "chestxray14")
     assert ds.ids == ["00000001_000.png", "00000001_001.png", "00000003_000.png", "00000004_000.png"]  # no AP
     assert ds.labels.tolist() == [0, 1, 1, 0]
     assert ds.roles.tolist() == ["train", "train", "test", "test"]

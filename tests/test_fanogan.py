@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 from torch import nn
 
 from anomaly_bench.config import method_params
@@ -18,29 +19,13 @@ from anomaly_bench.methods.fanogan import (
     Encoder,
     FAnoGAN,
     Generator,
-    ResumableBatchSampler,
     frozen_bn_stats,
     gradient_penalty,
     izif_per_sample,
     tf_conv,
 )
 from anomaly_bench.nn.common import batch_stream
-
-
-def blobs(n: int, size: int, seed: int) -> torch.Tensor:
-    """Healthy set: one smooth Gaussian blob per image, random centre and width, in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    cx, cy = (torch.rand(2, n, 1, 1, generator=g) - 0.5) * 0.6
-    r = 0.35 + 0.15 * torch.rand(n, 1, 1, generator=g)
-    return (torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r ** 2)) * 1.6 - 0.8)[:, None].float()
-
-
-def checkerboard(n: int, size: int, period: int = 4) -> torch.Tensor:
-    i = torch.arange(size)
-    board = torch.where((i[:, None] // period + i[None] // period) % 2 == 0, 0.9, -0.9)
-    return board.expand(n, 1, size, size).clone()
-
+from anomaly_bench.nn.training import ResumableBatchSampler
 
 FAST = dict(dim=4, z_dim=16, batch_size=8, iterations=2, encoder_iterations=4, log_every=2)
 
@@ -181,23 +166,23 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("fanogan_fit")
     m = FAnoGAN(dim=8, z_dim=32, batch_size=16, iterations=150, encoder_iterations=200, log_every=25,
                 checkpoint_every=50, resume_every=0, seed=0)
-    m.fit(TrainSets(blobs(96, 16, 0)), FitContext(workdir=work, checkpoint_every=50, progress=False))
+    m.fit(TrainSets(one_blob(96, 16, 0)), FitContext(workdir=work, checkpoint_every=50, progress=False))
     return m, work
 
 
 def anomalies(size: int) -> torch.Tensor:
-    return torch.cat([checkerboard(2, size, period=size // 2), -blobs(2, size, 8)])
+    return torch.cat([checkerboard(2, size, period=size // 2), -one_blob(2, size, 8)])
 
 
 def test_training_ranks_an_obvious_anomaly_above_healthy_images(trained):
     m, _ = trained
-    s = m.score(torch.cat([blobs(16, 16, 7), anomalies(16)])).scores
+    s = m.score(torch.cat([one_blob(16, 16, 7), anomalies(16)])).scores
     assert s[16:].min() > s[:16].max(), s
 
 
 def test_scores_do_not_depend_on_batch_composition(trained):
     m, _ = trained
-    x = torch.cat([blobs(6, 16, 3), anomalies(16)])
+    x = torch.cat([one_blob(6, 16, 3), anomalies(16)])
     full = m.score(x).scores
     one = np.array([m.score(x[i:i + 1]).scores[0] for i in range(len(x))])
     np.testing.assert_allclose(one, full, rtol=1e-5, atol=1e-7)
@@ -206,7 +191,7 @@ def test_scores_do_not_depend_on_batch_composition(trained):
 
 def test_score_is_the_izif_quantity_and_map_is_the_residual(trained):
     m, _ = trained
-    x = torch.cat([blobs(3, 16, 4), anomalies(16)])
+    x = torch.cat([one_blob(3, 16, 4), anomalies(16)])
     r = m.score(x)
     with torch.no_grad():
         x_rec = m.G(m.E(x))
@@ -229,35 +214,24 @@ def test_logs_and_selection_checkpoints(trained):
 
 def test_save_load_round_trip(trained, tmp_path):
     m, _ = trained
-    x = torch.cat([blobs(4, 16, 5), anomalies(16)])
+    x = torch.cat([one_blob(4, 16, 5), anomalies(16)])
     loaded = AnomalyMethod.load(m.save(tmp_path / "f.pt"))
     assert isinstance(loaded, FAnoGAN)
     np.testing.assert_array_equal(loaded.score(x).scores, m.score(x).scores)
 
 
 def test_same_seed_same_scores_and_resume_after_a_kill(tmp_path):
-    data, x = blobs(24, 16, 0), torch.cat([blobs(3, 16, 9), anomalies(16)])
+    data, x = one_blob(24, 16, 0), torch.cat([one_blob(3, 16, 9), anomalies(16)])
     params = {**FAST, "resume_every": 1}
     ref = FAnoGAN(**params).fit(TrainSets(data)).score(x).scores
     again = FAnoGAN(**params).fit(TrainSets(data)).score(x).scores
     np.testing.assert_array_equal(ref, again)
     assert not np.array_equal(FAnoGAN(**{**params, "seed": 1}).fit(TrainSets(data)).score(x).scores, ref)
 
-    class Killed(Exception):
-        pass
-
     for kill_at in (1, 3):  # during the WGAN stage, and during the encoder stage
-        class KillAfterResumeSave(FitContext):
-            at = kill_at
-
-            def save_resume(self, state):
-                super().save_resume(state)
-                if state["step"] == self.at:
-                    raise Killed
-
         work = tmp_path / f"k{kill_at}"
         with pytest.raises(Killed):
-            FAnoGAN(**params).fit(TrainSets(data), KillAfterResumeSave(workdir=work, progress=False))
+            FAnoGAN(**params).fit(TrainSets(data), KillAfterResumeSave(workdir=work, progress=False, kill_step=kill_at))
         resumed = FAnoGAN(**params).fit(TrainSets(data), FitContext(workdir=work, progress=False))
         np.testing.assert_array_equal(resumed.score(x).scores, ref)
 

