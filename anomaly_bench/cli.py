@@ -54,8 +54,14 @@ def main(verbose: bool) -> None:
 @click.option("--train-sets", default=None, type=click.Choice(["healthy", "mixed+healthy", "mixed_union"]),
               help="Override every method's training sets.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+@click.option("--executor", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: jobs one after another in this process. ray: one Ray task per job with the resources "
+                   "of its method profile (pip install 'anomaly-bench[ray]'; --out on a shared file system).")
+@click.option("--ray-address", default=None,
+              help="With --executor ray: the cluster to use (auto, host:port or ray://host:10001). Default: "
+                   "$RAY_ADDRESS, else a local Ray instance started for this run.")
 def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, image_size,
-        on_bad_image, train_sets, no_progress) -> None:
+        on_bad_image, train_sets, no_progress, executor, ray_address) -> None:
     """Train and score every (dataset, method, seed) job; write tables and plots. Resumes if interrupted."""
     from anomaly_bench.config import read_yaml
     from anomaly_bench.experiment import MethodSpec, parse_experiment
@@ -99,10 +105,14 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
                 m.train_sets = train_sets
         if not exp.datasets:
             raise BenchError(f"{path}: no datasets; add `datasets:` or pass --dataset")
+        if ray_address and executor != "ray":
+            raise BenchError("--ray-address needs --executor ray")
         out_dir = Path(out or Path("runs") / exp.name)
         click.echo(f"anomaly-bench run: {len(exp.datasets)} dataset(s) x {len(exp.methods)} method(s) x "
-                   f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}")
-        info = Runner(exp, out_dir, data_root=data_root, progress=not no_progress).run()
+                   f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}"
+                   + (f", executor ray ({ray_address or 'local'})" if executor == "ray" else ""))
+        info = Runner(exp, out_dir, data_root=data_root, progress=not no_progress, executor=executor,
+                      ray_address=ray_address).run()
     except BenchError as exc:
         _fail(exc)
     click.echo(f"done in {info['wall_seconds']} s: {out_dir}/table.md")

@@ -88,9 +88,32 @@ def method_params(name: str, profile: str | None = None, overrides: dict | None 
     return cls.validate_params(params, where=f"method '{name}'")
 
 
-def method_resources(name: str, profile: str | None) -> dict[str, Any]:
-    path = method_yaml_path(name)
-    if path is None:
-        return {}
-    res = read_yaml(path).get("resources") or {}
-    return dict(res.get(profile, res.get("default", {})) if profile else res.get("default", {}))
+RESOURCE_KEYS = ("cpus", "gpus", "memory_gb")
+DEFAULT_RESOURCES: dict[str, float] = {"cpus": 1, "gpus": 0, "memory_gb": 0}
+
+
+def method_resources(name: str, profile: str | None = None, yaml_path: str | Path | None = None) -> dict[str, float]:
+    """What one job of method ``name`` at ``profile`` asks a cluster for (``anomaly-bench run --executor ray``):
+    ``{"cpus": .., "gpus": .., "memory_gb": ..}``. The method YAML's ``resources[profile]`` over its
+    ``resources.default``; a method without a ``resources`` block in a YAML (a plugin) uses its class attribute
+    ``resources`` the same way; what neither gives is 1 CPU, no GPU and no memory reservation."""
+    path = Path(yaml_path) if yaml_path else method_yaml_path(name)
+    res = (read_yaml(path).get("resources") or {}) if path is not None else {}
+    where = f"{path}: resources"
+    if not res:
+        from anomaly_bench.registry import get_method
+
+        res = getattr(get_method(name), "resources", None) or {}
+        where = f"method '{name}' (class attribute resources)"
+    if not isinstance(res, dict) or not all(isinstance(v, dict) for v in res.values()):
+        raise ConfigError(f"{where}: must map profile names (or `default`) to {{cpus, gpus, memory_gb}}")
+    out = {**DEFAULT_RESOURCES, **(res.get("default") or {})}
+    if profile and profile != "default":
+        out.update(res.get(profile) or {})
+    check_keys(out, set(RESOURCE_KEYS), f"{where}.{profile or 'default'}")
+    for k, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{where}.{profile or 'default'}.{k}: a number >= 0, got {v!r}")
+    if out["cpus"] <= 0:
+        raise ConfigError(f"{where}.{profile or 'default'}.cpus: a job needs at least some CPU, got {out['cpus']!r}")
+    return out

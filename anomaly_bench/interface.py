@@ -231,6 +231,8 @@ class AnomalyMethod(ABC):
       * ``defaults``: dict of hyper-parameters with their default values.
       * ``choices``: optional dict ``param -> allowed values``.
       * ``profiles``: fallback profiles for plugins that ship no YAML file.
+      * ``resources``: likewise, what one job asks a Ray cluster for, per profile name or ``default``:
+        ``{"default": {"cpus": 1, "gpus": 0, "memory_gb": 2}}`` (see :func:`anomaly_bench.config.method_resources`).
     """
 
     name: ClassVar[str] = ""
@@ -238,6 +240,7 @@ class AnomalyMethod(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple]] = {}
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    resources: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = self.validate_params(params)

@@ -18,6 +18,10 @@ A job whose ``job.json`` says ``done`` with the same configuration is skipped, s
 run resumes it (and a job killed mid-training resumes from its last checkpoint in ``work/``).
 A failed job (non-finite loss, out of memory, any exception) is recorded with its reason and the last
 good checkpoint; the other jobs continue and the table marks the failure.
+
+Jobs run one after another in this process (``executor="local"``, the default) or as Ray tasks with the
+resources of their method profile (``executor="ray"``, see :mod:`anomaly_bench.executors`); the output
+folder is the same either way.
 """
 
 from __future__ import annotations
@@ -160,13 +164,26 @@ def _map_indices(ds: ImageDataset, test_idx: np.ndarray, k: int) -> np.ndarray:
 
 
 class Runner:
+    """``executor``: ``local`` (jobs one after another here) or ``ray`` (one Ray task per job, connecting to
+    ``ray_address`` — ``auto``, ``host:port`` or ``ray://…`` — or, when None, to ``$RAY_ADDRESS`` or a local
+    instance started for the run). ``ray_gather``: always ship job folders back through Ray, even when the
+    workers see the output folder (normally detected)."""
+
     def __init__(self, exp: Experiment, out: str | Path, data_root: str | None = None, progress: bool = True,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, executor: str = "local", ray_address: str | None = None,
+                 ray_gather: bool = False):
+        from anomaly_bench.executors import check_executor
+
+        check_executor(executor)
         self.exp, self.out, self.data_root = exp, Path(out), data_root
         self.progress, self.echo = progress, echo
+        self.executor, self.ray_address, self.ray_gather = executor, ray_address, ray_gather
         for p in exp.plugins:
             load_plugin(p)
-        self.device = resolve_device(exp.device)
+        # with Ray each task picks its device (its node may have a GPU the driver lacks): see executors.job_request
+        self.device = resolve_device(exp.device) if executor == "local" else None
+        if self.device is None and exp.device not in ("auto", "", None):
+            torch.device(exp.device)  # still a valid device name
         for m in exp.methods:  # validate every method's config before any training starts
             get_method(m.name)
             method_params(m.name, m.profile or exp.profile, m.params)
@@ -197,8 +214,9 @@ class Runner:
                 (self.out / "splits" / f"{name}_duplicates.json").write_text(
                     json.dumps(ds.meta["duplicates"], indent=1, default=str))
             datasets.append((spec, ds))
-        n_jobs = len(datasets) * len(exp.seeds) * len(exp.methods)
-        k, done_times, failures = 0, [], []
+        from anomaly_bench.executors import PlannedJob, run_on_ray
+
+        planned: list[PlannedJob] = []
         for spec, ds in datasets:
             name = dataset_label(spec, ds)
             split_cfg = split_config_for(ds, spec, exp)
@@ -206,24 +224,34 @@ class Runner:
                 split = self._split(ds, name, split_cfg, seed)
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
                 for mspec in exp.methods:
-                    k += 1
                     job = Job(name, seed, mspec, self.out / "jobs" / name / mspec.key / f"seed{seed}")
-                    eta = ""
-                    if done_times:
-                        eta = f", ETA {_fmt_s(np.mean(done_times) * (n_jobs - k + 1))}"
-                    self.echo(f"[{k}/{n_jobs}] {name} / {mspec.key} / seed {seed}{eta}")
-                    t0 = time.time()
-                    status = self.run_job(job, ds, split)
-                    if status == "failed":
-                        failures.append(f"{name}/{mspec.key}/seed{seed}")
-                    if status != "skipped":
-                        done_times.append(time.time() - t0)
+                    planned.append(PlannedJob(job, spec, ds, split))
+        if self.executor == "ray":
+            failures = run_on_ray(self, planned, info)
+        else:
+            failures = self._run_local(planned)
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         info["wall_seconds"] = round(time.time() - t_start, 1)
         info["failed_jobs"] = failures
         (self.out / "run.json").write_text(json.dumps(info, indent=1, default=str))
         self.report()
         return info
+
+    def _run_local(self, planned) -> list[str]:
+        n_jobs, done_times, failures = len(planned), [], []
+        for k, pj in enumerate(planned, 1):
+            job = pj.job
+            eta = ""
+            if done_times:
+                eta = f", ETA {_fmt_s(np.mean(done_times) * (n_jobs - k + 1))}"
+            self.echo(f"[{k}/{n_jobs}] {job.dataset} / {job.method.key} / seed {job.seed}{eta}")
+            t0 = time.time()
+            status = self.run_job(job, pj.ds, pj.split)
+            if status == "failed":
+                failures.append(f"{job.dataset}/{job.method.key}/seed{job.seed}")
+            if status != "skipped":
+                done_times.append(time.time() - t0)
+        return failures
 
     def _split(self, ds: ImageDataset, name: str, cfg: SplitConfig, seed: int) -> Split:
         path = self.out / "splits" / f"{name}_seed{seed}.csv"
@@ -238,24 +266,41 @@ class Runner:
         return split
 
     # ------------------------------------------------------------------------------------------
-    def run_job(self, job: Job, ds: ImageDataset, split: Split) -> str:
+    def job_config(self, job: Job, device: str | torch.device | None = None) -> tuple[dict[str, Any], str]:
+        """The job's resolved parameters and its configuration fingerprint (on ``device``, default the run's)."""
+        m = job.method
+        params = method_params(m.name, m.profile or self.exp.profile,
+                               {**m.params, "seed": job.seed, "device": str(device or self.device)})
+        return params, m.fingerprint(self.exp.profile, params)
+
+    @staticmethod
+    def job_is_done(job: Job, fingerprint: str) -> bool:
+        """True when ``job.json`` says done with this configuration: the job is skipped."""
+        meta_path = job.dir / "job.json"
+        if not meta_path.exists():
+            return False
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:  # cut short by a kill while written: run the job again
+            return False
+        return old.get("status") == "done" and old.get("config_fingerprint") == fingerprint
+
+    def run_job(self, job: Job, ds: ImageDataset, split: Split, extra_meta: dict[str, Any] | None = None) -> str:
         exp, m = self.exp, job.method
         profile = m.profile or exp.profile
         cls = get_method(m.name)
-        params = method_params(m.name, profile, {**m.params, "seed": job.seed, "device": str(self.device)})
-        fp = m.fingerprint(exp.profile, params)
+        params, fp = self.job_config(job)
         meta_path = job.dir / "job.json"
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            if old.get("status") == "done" and old.get("config_fingerprint") == fp:
-                self.echo("  done already, skipped")
-                return "skipped"
+        if self.job_is_done(job, fp):
+            self.echo("  done already, skipped")
+            return "skipped"
         job.dir.mkdir(parents=True, exist_ok=True)
         train_sets = m.train_sets or cls.default_train_sets
         meta: dict[str, Any] = {
             "status": "running", "dataset": job.dataset, "method": m.key, "method_name": m.name, "seed": job.seed,
             "profile": profile, "params": params, "train_sets": train_sets, "config_fingerprint": fp,
             "data_fingerprint": ds.fingerprint(), "versions": versions(), "device": str(self.device),
+            **(extra_meta or {}),
         }
         meta_path.write_text(json.dumps(meta, indent=1, default=str))
         ctx = FitContext(workdir=job.dir / "work", checkpoint_every=int(params.get("checkpoint_every", 0) or 0),
