@@ -178,10 +178,13 @@ def report(run_dir: str, html: bool, threshold_rule: str) -> None:
               help="Regression experiment YAML (default experiments/regression.yaml).")
 @click.option("--out", default="runs/regress", type=click.Path(file_okay=False), show_default=True)
 @click.option("--data-root", default=None, type=click.Path(file_okay=False))
+@click.option("--min-rank-corr", default=None, type=float,
+              help="Least Spearman correlation of per-image scores with the reference's sample (default: the "
+                   "reference's, else 0.9).")
 @click.option("--update", is_flag=True, help="Rewrite the reference with this run's values.")
 @click.option("--fresh/--resume", default=True, show_default=True,
               help="Start from an empty output folder (default) or reuse finished jobs.")
-def regress(reference, tolerance, experiment, out, data_root, update, fresh) -> None:
+def regress(reference, tolerance, experiment, out, data_root, min_rank_corr, update, fresh) -> None:
     """Run the regression experiment and compare AUC/AP with the committed reference."""
     import json
     import shutil
@@ -195,6 +198,8 @@ def regress(reference, tolerance, experiment, out, data_root, update, fresh) -> 
         if ref is None and not update:
             raise BenchError(f"reference {ref_path} not found; create it with `anomaly-bench regress --update`")
         tol = tolerance if tolerance is not None else float((ref or {}).get("tolerance", 0.01))
+        if ref is not None and min_rank_corr is not None:
+            ref["min_rank_corr"] = min_rank_corr
         if fresh and out_dir.exists():
             shutil.rmtree(out_dir)
         metrics, scores, info, skipped = rg.run_regression(out_dir, Path(experiment) if experiment else
@@ -204,10 +209,14 @@ def regress(reference, tolerance, experiment, out, data_root, update, fresh) -> 
                    f"({info['versions']['cpu_threads']} threads)")
         if update:
             kept = {k: v for k, v in ((ref or {}).get("values") or {}).items() if k.split("|")[0] in skipped}
-            rg.write_reference(ref_path, {**kept, **new}, info, tol)
+            kept_s = {k: v for k, v in ((ref or {}).get("scores") or {}).items() if k.split("|")[0] in skipped}
+            rg.write_reference(ref_path, {**kept, **new}, info, tol, {**kept_s, **rg.score_sample(scores)},
+                               min_rank_corr if min_rank_corr is not None else
+                               float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR)))
             click.echo(f"reference written: {ref_path} ({len(new)} values; commit it with the reason)")
             return
-        cmp = rg.compare(ref, new, tol, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped)
+        cmp = rg.compare(ref, new, tol, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,
+                         rg.score_sample(scores))
         click.echo(rg.format_table(cmp.table))
         (out_dir / "regression_comparison.csv").parent.mkdir(parents=True, exist_ok=True)
         cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)

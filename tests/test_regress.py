@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -67,3 +68,48 @@ def test_summarise_means_over_seeds_and_keeps_only_guarded_metrics():
          "metric": metric, "value": v}
         for s, v in ((0, 0.7), (1, 0.9)) for metric in ("auc", "f1")])
     assert summarise(m) == {"d|inductive|m|last|image|auc": 0.8}
+
+
+def test_random_scores_fail_by_rank_correlation_even_when_auc_does_not_drop(tmp_path, monkeypatch):
+    """A method edited to score at random is caught by the per-image score check, with its AUC shown."""
+    import numpy as np
+
+    from anomaly_bench.interface import ScoreResult
+    from anomaly_bench.registry import get_method
+
+    ref = tmp_path / "ref.json"
+    assert _regress(tmp_path, ref, "--update").exit_code == 0
+    blob = json.loads(ref.read_text())
+    sample = blob["scores"]["tinyreg|inductive|pixel_knn|last|0"]
+    assert 3 <= len(sample) <= 200 and all(isinstance(v, float) for v in sample.values())
+    # the AUC guard alone would let a random method through: pretend the reference AUC was at chance
+    key = "tinyreg|inductive|pixel_knn|last|image|auc"
+    blob["values"][key] = 0.0
+    ref.write_text(json.dumps(blob))
+
+    cls = get_method("pixel_knn")
+    rng = np.random.default_rng(123)
+    monkeypatch.setattr(cls, "score", lambda self, images: ScoreResult(rng.random(len(images))))
+    res = _regress(tmp_path, ref)
+    assert res.exit_code == 1, res.output
+    assert "per-image scores no longer match" in res.output and "pixel_knn on tinyreg" in res.output
+    assert "image AUC 0.0000 ->" in res.output and "SCORES CHANGED" in res.output
+    assert "AUC fell" not in res.output  # caught by the scores, not by the AUC
+
+
+def test_rank_corr_and_score_sample():
+    from anomaly_bench.regress import rank_corr, score_sample
+
+    old = {str(i): float(i) for i in range(50)}
+    rho, n = rank_corr(old, {k: 2 * v + 1 for k, v in old.items()})
+    assert n == 50 and rho == pytest.approx(1.0)
+    assert rank_corr(old, {k: -v for k, v in old.items()})[0] == pytest.approx(-1.0)
+    assert rank_corr(old, {"1": 1.0, "2": 2.0})[1] == 2  # too few common ids -> nan
+    assert rank_corr(old, {k: 0.0 for k in old})[0] == 0.0
+    scores = pd.DataFrame({"dataset": "d", "setting": "inductive", "method": ["a"] * 300 + ["b"] * 300,
+                           "selection": "last", "seed": 0, "id": [f"x{i}" for i in range(300)] * 2,
+                           "label": ([0, 1] * 150) * 2, "score": list(range(600))})
+    s = score_sample(scores, per_group=40)
+    assert set(s) == {"d|inductive|a|last|0", "d|inductive|b|last|0"}
+    assert set(s["d|inductive|a|last|0"]) == set(s["d|inductive|b|last|0"])  # same images for every method
+    assert len(s["d|inductive|a|last|0"]) == 40
