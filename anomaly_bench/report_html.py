@@ -446,6 +446,23 @@ def _config_html(run_dir: Path) -> str:
     return "\n".join(parts) if parts else "<p>No experiment.yaml or run.json in this run folder.</p>"
 
 
+def _data_html(run_dir: Path) -> str:
+    """Per dataset: size, fingerprint, duplicate groups, and the images left out (on_bad_image: skip)."""
+    from anomaly_bench.reports import data_notes
+
+    out = []
+    for n in data_notes(run_dir):
+        dup = n["duplicates"]
+        dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images), each kept "
+                   f"in one split role" if dup else "no duplicate check")
+        out.append(f"<p><b>{_esc(n['dataset'])}</b>: {_esc(n['n_images'])} images, fingerprint "
+                   f"<code>{_esc(n['fingerprint'])}</code>; {_esc(dup_txt)}; {n['n_skipped']} unreadable image(s) "
+                   f"left out (on_bad_image: skip).</p>")
+        if n["skipped"]:
+            out.append(_table_html(["Left out", "Reason"], [[(p, False), (r, False)] for p, r in n["skipped"]]))
+    return "\n".join(out)
+
+
 def _jobs_html(jobs: list[dict]) -> str:
     if not jobs:
         return ""
@@ -516,6 +533,7 @@ def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_bo
             "<h2>Results</h2>", _tables_html(tables),
             "<h2>Figures</h2>", _figures_html(figs) or "<p>No figures.</p>",
             "<h2>Jobs</h2>", _jobs_html(jobs) or "<p>No job.json files.</p>",
+            "<h2>Data</h2>", _data_html(run_dir) or "<p>No run.json in this run folder.</p>",
             "<h2>Configuration</h2>", _config_html(run_dir)]
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>anomaly-bench: {_esc(run_dir.name)}</title><style>{CSS}</style></head>\n<body>\n"

@@ -634,7 +634,8 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     metrics_out.to_csv(run_dir / "metrics.csv", index=False)
     written["metrics.csv"] = run_dir / "metrics.csv"
     title = f"Results: {run_dir.name}"
-    put("table.md", to_markdown(tables, title))
+    notes = data_notes_markdown(data_notes(run_dir))
+    put("table.md", to_markdown(tables, title) + ("\n" + notes if notes else ""))
     put("table.tex", to_latex(tables))
     put("table_paper.md", paper_markdown(tables))
     put("table_paper.tex", paper_latex(tables))
@@ -651,6 +652,46 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
 
         written["report.html"] = write_html_report(run_dir, tables=tables)
     return written
+
+
+def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]]:
+    """Per dataset of the run (from ``run.json``): size, fingerprint, duplicate groups found, and the images
+    left out as unreadable under ``on_bad_image: skip`` (``[(path, reason)]``). Empty without a run.json."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return []
+    try:
+        info = json.loads(path.read_text())
+    except ValueError:
+        return []
+    notes = []
+    for name, d in (info.get("datasets") or {}).items():
+        if not isinstance(d, dict):
+            continue
+        skipped = [(str(x[0]), str(x[1])) if isinstance(x, (list, tuple)) and len(x) >= 2 else (str(x), "")
+                   for x in d.get("skipped_images") or []]
+        notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
+                      "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
+                      "skipped": skipped[:max_listed]})
+    return notes
+
+
+def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
+    """The 'Data' section of table.md: duplicates found and images left out, per dataset."""
+    if not notes:
+        return ""
+    lines = ["## Data", ""]
+    for n in notes:
+        dup = n["duplicates"]
+        dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) kept "
+                   f"each in one split role" if dup else "no duplicate check")
+        lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; {dup_txt}; "
+                     f"{n['n_skipped']} unreadable image(s) left out (on_bad_image: skip).")
+        for path, reason in n["skipped"]:
+            lines.append(f"  - left out: `{path}`: {reason}")
+        if n["n_skipped"] > len(n["skipped"]):
+            lines.append(f"  - ... and {n['n_skipped'] - len(n['skipped'])} more (run.json lists them all)")
+    return "\n".join(lines) + "\n"
 
 
 def read_scores_csv(path: str | Path) -> pd.DataFrame:

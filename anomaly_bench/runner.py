@@ -332,7 +332,14 @@ class Runner:
         except (BenchError, RuntimeError, ValueError, torch.cuda.OutOfMemoryError, MemoryError) as exc:
             if isinstance(exc, ConfigError):
                 raise
-            meta.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+                error += (" -- out of memory: lower the method's batch_size (or score_batch_size), use a smaller "
+                          "--image-size or the `ci` profile, or run on a device with more memory; rerunning the "
+                          "same command resumes this job from its last checkpoint")
+            if self.device.type == "cuda":  # free the failed job's memory for the jobs that follow
+                torch.cuda.empty_cache()
+            meta.update(status="failed", error=error,
                         traceback=traceback.format_exc(limit=8), last_checkpoint=ctx.last_checkpoint())
             self.echo(f"  FAILED: {meta['error']}\n  last good checkpoint: {ctx.last_checkpoint() or 'none'}")
         meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
