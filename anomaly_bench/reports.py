@@ -635,7 +635,7 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     written["metrics.csv"] = run_dir / "metrics.csv"
     title = f"Results: {run_dir.name}"
     notes = data_notes_markdown(data_notes(run_dir))
-    put("table.md", to_markdown(tables, title) + ("\n" + notes if notes else ""))
+    put("table.md", to_markdown(tables, title).rstrip("\n") + ("\n\n" + notes if notes else "\n"))
     put("table.tex", to_latex(tables))
     put("table_paper.md", paper_markdown(tables))
     put("table_paper.tex", paper_latex(tables))
