@@ -1,0 +1,44 @@
+"""Every YAML the repository ships parses and validates: experiments, method profiles (with their resources) and
+dataset cards. A typo in one of them (an unknown key, a wrong type) fails here, not hours into a run."""
+
+import pytest
+
+from anomaly_bench.config import REPO_DIR, method_params, method_resources, read_yaml
+from anomaly_bench.data.loading import card_files, resolve_card
+from anomaly_bench.experiment import load_experiment
+from anomaly_bench.registry import get_method
+
+EXPERIMENTS = sorted((REPO_DIR / "experiments").glob("*.yaml"))
+METHOD_YAMLS = sorted((REPO_DIR / "methods").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_files_parse_with_at_least_one_seed_and_known_methods(path):
+    exp = load_experiment(path)
+    assert exp.seeds and exp.datasets
+    for m in exp.methods:
+        get_method(m.name)
+        method_params(m.name, m.profile or exp.profile, m.params)
+    for d in exp.datasets:
+        resolve_card(d.card)
+
+
+@pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.stem)
+def test_method_yaml_profiles_and_resources_validate(path):
+    data = read_yaml(path)
+    name = data["method"]
+    assert path.stem == name and get_method(name)
+    for profile in ("smoke", "ci", "paper"):
+        assert profile in (data.get("profiles") or {}), f"{path.name}: profile '{profile}' missing"
+        params = method_params(name, profile)
+        assert get_method(name)(**params).get_params() == params
+        res = method_resources(name, profile)
+        assert res["cpus"] >= 1 and res["gpus"] >= 0 and res["memory_gb"] > 0
+
+
+def test_every_dataset_card_validates():
+    files = card_files()
+    assert {p.stem for p in files} >= {"phantom", "brain_tumor_mri", "chest_xray_pneumonia", "pneumoniamnist"}
+    for p in files:
+        card = resolve_card(p.stem)
+        assert card["name"] == p.stem and card["format"]
