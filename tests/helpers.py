@@ -149,3 +149,20 @@ class KillAfterResumeSave(FitContext):
         super().save_resume(state)
         if self.kill_step is None or state["step"] == self.kill_step:
             raise Killed
+
+
+def diverging_plugin_source(name: str) -> str:
+    """Source of a plugin file registering ``name``: a method whose loss turns NaN at iteration 7 (its class is
+    ``Diverging``, so a test can append subclasses)."""
+    return (
+        "import numpy as np\n"
+        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.registry import register_method\n"
+        f"@register_method({name!r}, overwrite=True)\n"
+        "class Diverging(AnomalyMethod):\n"
+        "    def fit(self, train, ctx=None):\n"
+        "        (ctx or FitContext()).log_losses(7, {'loss_d': float('nan')})\n"
+        "    def score(self, images):\n"
+        "        return ScoreResult(np.zeros(len(images)))\n"
+        "    def state_dict(self):\n        return {}\n"
+        "    def load_state_dict(self, s):\n        pass\n")

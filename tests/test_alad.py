@@ -7,15 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    KillAfterResumeSave,
-    Killed,
-    check_batch_independence,
-    check_seed_determinism,
-    load_both_ways,
-    smoke_fits,
-    three_blobs,
-)
 from torch.nn.utils import parametrize
 
 from anomaly_bench.config import method_params
@@ -32,6 +23,15 @@ from anomaly_bench.methods.alad import (
 )
 from anomaly_bench.nn.training import EpochSampler, keep_bn_stats
 from anomaly_bench.registry import get_method
+from helpers import (
+    KillAfterResumeSave,
+    Killed,
+    check_batch_independence,
+    check_seed_determinism,
+    load_both_ways,
+    smoke_fits,
+    three_blobs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,15 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    KillAfterResumeSave,
-    Killed,
-    check_batch_independence,
-    check_seed_determinism,
-    load_both_ways,
-    smoke_fits,
-    three_blobs,
-)
 
 from anomaly_bench.config import method_params
 from anomaly_bench.errors import ConfigError
@@ -31,6 +22,15 @@ from anomaly_bench.methods.alocc import (
 )
 from anomaly_bench.nn.optim import TFRMSprop
 from anomaly_bench.registry import get_method
+from helpers import (
+    KillAfterResumeSave,
+    Killed,
+    check_batch_independence,
+    check_seed_determinism,
+    load_both_ways,
+    smoke_fits,
+    three_blobs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

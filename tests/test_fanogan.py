@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 from torch import nn
 
 from anomaly_bench.config import method_params
@@ -26,6 +25,7 @@ from anomaly_bench.methods.fanogan import (
 )
 from anomaly_bench.nn.common import batch_stream
 from anomaly_bench.nn.training import ResumableBatchSampler
+from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 
 FAST = dict(dim=4, z_dim=16, batch_size=8, iterations=2, encoder_iterations=4, log_every=2)
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 
 from anomaly_bench.config import method_params
 from anomaly_bench.errors import ConfigError
@@ -24,6 +23,7 @@ from anomaly_bench.methods.ganomaly import (
     maybe_reinit_discriminator,
     weights_init,
 )
+from helpers import KillAfterResumeSave, Killed, checkerboard, one_blob
 
 FAST = dict(epochs=2, batch_size=8, ngf=8, ndf=8, nz=16, log_every=2)
 

@@ -21,20 +21,10 @@ from anomaly_bench.experiment import parse_experiment
 from anomaly_bench.registry import load_plugin
 from anomaly_bench.runner import Runner
 from conftest import EXAMPLE_PLUGIN, REPO
+from helpers import diverging_plugin_source
 from test_runner import TINY_CARD
 
-PLUGIN = (
-    "import numpy as np\n"
-    "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
-    "from anomaly_bench.registry import register_method\n"
-    "@register_method('diverging_ray_test', overwrite=True)\n"
-    "class Diverging(AnomalyMethod):\n"
-    "    def fit(self, train, ctx=None):\n"
-    "        (ctx or FitContext()).log_losses(7, {'loss_d': float('nan')})\n"
-    "    def score(self, images):\n"
-    "        return ScoreResult(np.zeros(len(images)))\n"
-    "    def state_dict(self):\n        return {}\n"
-    "    def load_state_dict(self, s):\n        pass\n"
+PLUGIN = diverging_plugin_source("diverging_ray_test") + (
     "@register_method('greedy_ray_test', overwrite=True)\n"
     "class Greedy(Diverging):\n"
     "    resources = {'default': {'cpus': 64, 'memory_gb': 1}}\n"

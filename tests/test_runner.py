@@ -13,6 +13,7 @@ from anomaly_bench.errors import BenchError
 from anomaly_bench.experiment import parse_experiment
 from anomaly_bench.runner import Runner
 from conftest import EXAMPLE_PLUGIN
+from helpers import diverging_plugin_source
 
 TINY_CARD = {"name": "tiny", "format": "phantom", "image_size": 64,
              "phantom": {"n_subjects": 40, "slices_per_subject": 3, "seed": 5},
@@ -73,18 +74,7 @@ def test_same_seed_same_split_and_scores(tmp_path):
 
 def test_failed_job_is_recorded_and_others_continue(tmp_path):
     plugin = tmp_path / "diverging.py"
-    plugin.write_text(
-        "import numpy as np\n"
-        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
-        "from anomaly_bench.registry import register_method\n"
-        "@register_method('diverging_for_test', overwrite=True)\n"
-        "class Diverging(AnomalyMethod):\n"
-        "    def fit(self, train, ctx=None):\n"
-        "        (ctx or FitContext()).log_losses(7, {'loss_d': float('nan')})\n"
-        "    def score(self, images):\n"
-        "        return ScoreResult(np.zeros(len(images)))\n"
-        "    def state_dict(self):\n        return {}\n"
-        "    def load_state_dict(self, s):\n        pass\n")
+    plugin.write_text(diverging_plugin_source("diverging_for_test"))
     exp = tiny_experiment(plugins=[str(EXAMPLE_PLUGIN), str(plugin)], settings=["inductive"],
                           methods=["diverging_for_test", "pixel_knn"])
     info = Runner(exp, tmp_path / "run", progress=False, echo=lambda s: None).run()
