@@ -198,7 +198,9 @@ def regress(reference, tolerance, experiment, out, data_root, min_rank_corr, upd
         if ref is None and not update:
             raise BenchError(f"reference {ref_path} not found; create it with `anomaly-bench regress --update`")
         tol = tolerance if tolerance is not None else float((ref or {}).get("tolerance", 0.01))
-        if ref is not None and min_rank_corr is not None:
+        if min_rank_corr is None:
+            min_rank_corr = float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR))
+        if ref is not None:
             ref["min_rank_corr"] = min_rank_corr
         if fresh and out_dir.exists():
             shutil.rmtree(out_dir)
@@ -211,8 +213,7 @@ def regress(reference, tolerance, experiment, out, data_root, min_rank_corr, upd
             kept = {k: v for k, v in ((ref or {}).get("values") or {}).items() if k.split("|")[0] in skipped}
             kept_s = {k: v for k, v in ((ref or {}).get("scores") or {}).items() if k.split("|")[0] in skipped}
             rg.write_reference(ref_path, {**kept, **new}, info, tol, {**kept_s, **rg.score_sample(scores)},
-                               min_rank_corr if min_rank_corr is not None else
-                               float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR)))
+                               min_rank_corr)
             click.echo(f"reference written: {ref_path} ({len(new)} values; commit it with the reason)")
             return
         cmp = rg.compare(ref, new, tol, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,

@@ -448,16 +448,12 @@ def _config_html(run_dir: Path) -> str:
 
 def _data_html(run_dir: Path) -> str:
     """Per dataset: size, fingerprint, duplicate groups, and the images left out (on_bad_image: skip)."""
-    from anomaly_bench.reports import data_notes
+    from anomaly_bench.reports import data_note_summary, data_notes
 
     out = []
     for n in data_notes(run_dir):
-        dup = n["duplicates"]
-        dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images), each kept "
-                   f"in one split role" if dup else "no duplicate check")
         out.append(f"<p><b>{_esc(n['dataset'])}</b>: {_esc(n['n_images'])} images, fingerprint "
-                   f"<code>{_esc(n['fingerprint'])}</code>; {_esc(dup_txt)}; {n['n_skipped']} unreadable image(s) "
-                   f"left out (on_bad_image: skip).</p>")
+                   f"<code>{_esc(n['fingerprint'])}</code>; {_esc(data_note_summary(n))}</p>")
         if n["skipped"]:
             out.append(_table_html(["Left out", "Reason"], [[(p, False), (r, False)] for p, r in n["skipped"]]))
     return "\n".join(out)

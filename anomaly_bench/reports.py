@@ -676,17 +676,22 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
     return notes
 
 
+def data_note_summary(n: dict[str, Any]) -> str:
+    """One dataset's data note after its name and fingerprint: duplicate groups and images left out."""
+    dup = n["duplicates"]
+    dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) kept "
+               f"each in one split role" if dup else "no duplicate check")
+    return f"{dup_txt}; {n['n_skipped']} unreadable image(s) left out (on_bad_image: skip)."
+
+
 def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
     """The 'Data' section of table.md: duplicates found and images left out, per dataset."""
     if not notes:
         return ""
     lines = ["## Data", ""]
     for n in notes:
-        dup = n["duplicates"]
-        dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) kept "
-                   f"each in one split role" if dup else "no duplicate check")
-        lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; {dup_txt}; "
-                     f"{n['n_skipped']} unreadable image(s) left out (on_bad_image: skip).")
+        lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; "
+                     f"{data_note_summary(n)}")
         for path, reason in n["skipped"]:
             lines.append(f"  - left out: `{path}`: {reason}")
         if n["n_skipped"] > len(n["skipped"]):
