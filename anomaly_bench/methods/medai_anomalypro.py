@@ -62,6 +62,7 @@ from torch import nn
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.nn.common import linear_decay_lambda, map_batches, seed_everything
+from anomaly_bench.nn.training import ResumableBatchSampler
 from anomaly_bench.registry import register_method
 
 log = logging.getLogger("anomaly_bench")
@@ -514,35 +515,28 @@ def reference_train_step(G: nn.Module, D: nn.Module, g_opt: torch.optim.Optimize
 #  Resumable sampling                                                                             #
 # ============================================================================================== #
 
-class ResumableStream:
-    """Endless shuffled batches with the same order as ``nn.common.batch_stream`` (a ``torch.randperm`` per epoch
-    drawn from its own CPU generator, drop_last), plus a ``state_dict`` so that a resumed run continues inside the
-    epoch. The permutation is moved to the data's device once per epoch, so drawing a batch never syncs."""
+class ResumableStream(ResumableBatchSampler):
+    """The shared resumable sampler (:class:`anomaly_bench.nn.training.ResumableBatchSampler`: the order of
+    ``nn.common.batch_stream``, a ``torch.randperm`` per epoch from its own CPU generator, drop_last) yielding the
+    batches themselves. The permutation is moved to the data's device once per epoch, so drawing a batch never
+    syncs."""
 
     def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
-        self.data, self.n = data, len(data)
-        self.bs = min(batch_size, self.n)
-        self.stop = self.n - self.n % self.bs
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm: torch.Tensor | None = None
+        super().__init__(len(data), batch_size, torch.Generator().manual_seed(seed))
+        self.data = data
         self.perm_dev: torch.Tensor | None = None
-        self.pos = 0
 
     def next(self) -> torch.Tensor:
-        if self.perm is None or self.pos >= self.stop:
-            self.perm = torch.randperm(self.n, generator=self.gen)
+        new_epoch = self.perm is None or self.pos >= self.stop
+        self.next_indices()
+        if new_epoch:
             self.perm_dev = self.perm.to(self.data.device)
-            self.pos = 0
-        idx = self.perm_dev[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return self.data[idx]
+        return self.data[self.perm_dev[self.pos - self.bs:self.pos]]
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, st: dict[str, Any]) -> None:
-        self.gen.set_state(st["gen"])
-        self.perm, self.pos = st["perm"], st["pos"]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "gen" in state:  # resume files written before the sampler was shared
+            state = {"generator": state["gen"], "perm": state["perm"], "pos": state["pos"]}
+        super().load_state_dict(state)
         self.perm_dev = None if self.perm is None else self.perm.to(self.data.device)
 
 
