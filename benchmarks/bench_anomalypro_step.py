@@ -7,7 +7,8 @@ device-resident batches:
   separate G forwards for the critic and generator steps, three critic calls, a ``.item()`` per loss every step,
   non-fused Adam);
 * ``fast``: ``AnomalyProTrainer.step`` with the method's defaults on that device (CUDA: bf16 autocast with an fp32
-  gradient penalty, NCHW, fused Adam, no host sync; CPU: fp32, channels_last output conv; both: InstanceNorm through
+  gradient penalty, NCHW, fused Adam, no host sync; CPU: fp32, the critic and G's last up-sampling block + output
+  conv in channels_last, in-place LeakyReLU, fused Adam; both: InstanceNorm through
   the group-norm kernel, one G forward shared by the critic and generator steps, one critic call on real+fake).
 
 Steps are timed in interleaved blocks (reference block, fast block, ...) and the median of each is reported, so
@@ -38,6 +39,7 @@ from anomaly_bench.methods.medai_anomalypro import (  # noqa: E402
     MedAIAnomalyPro,
     auto_critic_layers,
     reference_train_step,
+    resolve_layout,
 )
 
 HP = dict(g_lr=1e-4, d_lr=1e-4, beta1=0.5, beta2=0.999, n_critic=2, lambda_gp=10.0, lambda_id=1.0, lambda_rec=1.0,
@@ -119,7 +121,7 @@ def main() -> None:
                              alphas[j])
 
     def make_fast(amp=True, layout="auto", norm_impl="auto", compile_g=False):
-        lay = layout if layout != "auto" else ("all" if cuda and compile_g else ("none" if cuda else "head"))
+        lay = resolve_layout(layout, dev, compile_g)
         impl = norm_impl if norm_impl != "auto" else ("fused" if cuda and lay == "all" else "group")
         G, D = build(args, dev, impl)
         tr = AnomalyProTrainer(G, D, HP, dev, 1, amp=amp, layout=lay, compile_g=compile_g)
@@ -143,6 +145,7 @@ def main() -> None:
             variants["fast+compile NCHW"] = make_fast(layout="none", compile_g=True)[0]
     elif args.ablate:
         variants["fast norm torch"] = make_fast(norm_impl="torch")[0]
+        variants["fast layout head"] = make_fast(layout="head")[0]
         variants["fast layout none"] = make_fast(layout="none")[0]
 
     # --- timing ----------------------------------------------------------------------------------------

@@ -227,9 +227,11 @@ def test_instance_norm_kernels_agree_with_torch(impl):
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_fast_step_equals_authors_step():
+@pytest.mark.parametrize("layout", ["auto", "tail", "head", "none", "all"])
+def test_fast_step_equals_authors_step(layout):
     """Two iterations (critic only, then critic + generator) of the fast path give the same weights as the
-    authors' step on the same batches (float64 to take rounding out of the comparison)."""
+    authors' step on the same batches (float64 to take rounding out of the comparison), in every memory layout
+    (``auto`` = ``tail`` on the CPU: channels_last critic and generator tail, in-place LeakyReLU, fused Adam)."""
     torch.manual_seed(0)
     D0 = Critic(1, 4, 2).double()
     x_a = torch.rand(4, 1, 16, 16, dtype=torch.float64) * 2 - 1
@@ -246,7 +248,7 @@ def test_fast_step_equals_authors_step():
         Df.load_state_dict(D0.state_dict())
         g_opt = torch.optim.Adam(Gr.parameters(), hp["g_lr"], (0.5, 0.999))
         d_opt = torch.optim.Adam(Dr.parameters(), hp["d_lr"], (0.5, 0.999))
-        tr = AnomalyProTrainer(Gf, Df, hp, torch.device("cpu"), 1)
+        tr = AnomalyProTrainer(Gf, Df, hp, torch.device("cpu"), 1, layout=layout)
         ref_losses = {}
         for i in range(2):
             ref_losses.update(reference_train_step(Gr, Dr, g_opt, d_opt, x_a, x_b, i, hp, alphas[i]))
@@ -409,3 +411,4 @@ def test_resume_after_kill_ends_with_identical_weights(tmp_path):
     np.testing.assert_array_equal(again.score(test).scores, resumed.score(test).scores)
     with pytest.raises(ConfigError, match="g_conv_dim"):
         MedAIAnomalyPro(**{**params, "g_conv_dim": 4}).fit(train, FitContext(workdir=tmp_path / "b", progress=False))
+
