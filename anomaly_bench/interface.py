@@ -104,6 +104,9 @@ class FitContext:
     description: str = ""
     selection_checkpoints: list[tuple[int, Path]] = field(default_factory=list)
     on_event: Callable[[str], None] | None = None
+    #: what :meth:`warn` said during this fit (the runner stores them in job.json)
+    warnings: list[str] = field(default_factory=list)
+    _loss_columns: list[str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.workdir is not None:
@@ -121,6 +124,13 @@ class FitContext:
 
     def info(self, msg: str) -> None:
         log.info(msg)
+        if self.on_event:
+            self.on_event(msg)
+
+    def warn(self, msg: str) -> None:
+        """Something the user should know about the fitted model (shown by default, kept in job.json)."""
+        self.warnings.append(msg)
+        log.warning(msg)
         if self.on_event:
             self.on_event(msg)
 
@@ -171,19 +181,34 @@ class FitContext:
         """Append losses to ``workdir/losses.csv`` and stop with a clear error if one is not finite."""
         bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
         if self.workdir is not None:
-            path = self.workdir / "losses.csv"
-            new = not path.exists()
-            with open(path, "a", newline="") as fh:
-                w = csv.writer(fh)
-                if new:
-                    w.writerow(["iteration", *losses.keys()])
-                w.writerow([iteration, *(f"{float(v):.6g}" for v in losses.values())])
+            self._append_loss_row(self.workdir / "losses.csv", iteration, losses)
         if bad:
             raise TrainingError(
                 f"{self.description or 'training'}: loss {', '.join(bad)} became non-finite at iteration "
                 f"{iteration} ({', '.join(f'{k}={float(losses[k])}' for k in bad)}). Lower the learning rate "
                 f"or check the input data; last good checkpoint: {self.last_checkpoint() or 'none'}",
                 last_checkpoint=self.last_checkpoint())
+
+    def _append_loss_row(self, path: Path, iteration: int, losses: dict[str, float]) -> None:
+        """One row per call; a run resumed by a version that logs more columns widens the file (old rows blank)."""
+        if self._loss_columns is None and path.exists():
+            with open(path, newline="") as fh:
+                self._loss_columns = next(csv.reader(fh), ["iteration"])[1:]
+        extra = [k for k in losses if self._loss_columns is not None and k not in self._loss_columns]
+        if extra:
+            with open(path, newline="") as fh:
+                rows = list(csv.reader(fh))[1:]
+            self._loss_columns = [*self._loss_columns, *extra]
+            with open(path, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["iteration", *self._loss_columns])
+                w.writerows(r + [""] * (len(self._loss_columns) + 1 - len(r)) for r in rows)
+        with open(path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if self._loss_columns is None:
+                self._loss_columns = list(losses)
+                w.writerow(["iteration", *self._loss_columns])
+            w.writerow([iteration, *(f"{float(losses[k]):.6g}" if k in losses else "" for k in self._loss_columns)])
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

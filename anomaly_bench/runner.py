@@ -315,6 +315,8 @@ class Runner:
             t0 = time.time()
             model.fit(train, ctx)
             meta["fit_seconds"] = round(time.time() - t0, 2)
+            if ctx.warnings:
+                meta["warnings"] = list(ctx.warnings)
             model.save(job.dir / "model.pt")
             t0 = time.time()
             frames, last_test = self._score_settings(model, ds, split, job, "last")

@@ -1,9 +1,15 @@
 """A job that runs out of memory is recorded as failed with the reason, a hint and its last good checkpoint; the
-other jobs finish; the table says 'failed'; rerunning resumes the failed job from that checkpoint."""
+other jobs finish; the table says 'failed'; rerunning resumes the failed job from that checkpoint. The loss log
+survives a resume by a version that logs more columns."""
 
 import json
 
+import pandas as pd
+import pytest
+
+from anomaly_bench.errors import TrainingError
 from anomaly_bench.experiment import parse_experiment
+from anomaly_bench.interface import FitContext
 from anomaly_bench.runner import Runner
 from conftest import EXAMPLE_PLUGIN
 
@@ -61,3 +67,20 @@ def test_out_of_memory_is_recorded_others_continue_and_rerun_resumes(tmp_path):
     assert json.loads((out / "jobs/tiny/oom_once_for_test/seed0/job.json").read_text())["status"] == "done"
     assert any("done already, skipped" in s for s in lines)  # pixel_knn was not retrained
     assert "failed" not in (out / "table.md").read_text()
+
+
+def test_loss_log_widens_when_a_resumed_run_logs_more_columns(tmp_path):
+    """A run resumed by a version that logs more losses keeps one well-formed losses.csv: the new columns are
+    added to the header, the old rows get blanks, and a NaN still stops training after it is written."""
+    FitContext(workdir=tmp_path, progress=False).log_losses(10, {"d": 1.0, "g": 2.0})
+    ctx = FitContext(workdir=tmp_path, progress=False)  # the resumed run: a fresh context on the same folder
+    ctx.log_losses(20, {"d": 3.0, "g": 4.0, "mask": 0.5})
+    ctx.log_losses(30, {"g": 5.0, "mask": 0.25})
+    with pytest.raises(TrainingError, match="mask"):
+        ctx.log_losses(40, {"d": 6.0, "g": 7.0, "mask": float("nan")})
+    df = pd.read_csv(tmp_path / "losses.csv")
+    assert list(df.columns) == ["iteration", "d", "g", "mask"]
+    assert df["iteration"].tolist() == [10, 20, 30, 40]
+    assert df["mask"].isna().tolist() == [True, False, False, True]  # blank before the resume; NaN at the end
+    assert df["d"].isna().tolist() == [False, False, True, False]
+    assert df["g"].tolist() == [2.0, 4.0, 5.0, 7.0]

@@ -259,6 +259,8 @@ def test_fast_step_equals_authors_step(layout):
         fast_losses = tr.pop_losses()
         for k in ("g_adv_a", "g_id"):  # generator losses happen once: identical values
             assert math.isclose(fast_losses[k], ref_losses[k], rel_tol=1e-6), k
+        if head == "mask":
+            assert 0.0 < fast_losses["mask_a_mean"] < 1.0 and 0.0 < fast_losses["mask_b_mean"] < 1.0
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -412,3 +414,27 @@ def test_resume_after_kill_ends_with_identical_weights(tmp_path):
     with pytest.raises(ConfigError, match="g_conv_dim"):
         MedAIAnomalyPro(**{**params, "g_conv_dim": 4}).fit(train, FitContext(workdir=tmp_path / "b", progress=False))
 
+
+def test_saturated_mask_is_reported_and_logged(tmp_path):
+    """losses.csv carries the mean masks; a final mask above MASK_SATURATED on both sets gets a warning naming
+    it, a mask that is not saturated gets none."""
+    m = MedAIAnomalyPro()
+    events: list[str] = []
+    ctx = FitContext(progress=False, on_event=events.append)
+    m._check_mask({"mask_a_mean": 0.991, "mask_b_mean": 0.987}, ctx)
+    assert len(events) == 1 and "mask saturated" in events[0] and "0.991" in events[0] and "head: additive" in events[0]
+    assert ctx.warnings == events
+    for last in ({"mask_a_mean": 0.991, "mask_b_mean": 0.40}, {"mask_a_mean": 0.2, "mask_b_mean": 0.2}, {}):
+        m._check_mask(last, ctx)
+    assert len(events) == 1
+
+    x = torch.rand(24, 1, 16, 16) * 2 - 1
+    MedAIAnomalyPro(iterations=6, batch_size=4, g_conv_dim=4, g_repeat_num=1, d_conv_dim=4, lr_decay_iters=0,
+                    log_every=2, checkpoint_every=0).fit(TrainSets(healthy=x[:12], mixed=x[12:]),
+                                                         FitContext(workdir=tmp_path, progress=False))
+    rows = (tmp_path / "losses.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[-2:] == ["mask_a_mean", "mask_b_mean"] and len(rows) == 4
+    for row in rows[1:]:
+        a, b = (float(v) for v in row.split(",")[-2:])
+        assert 0.0 < a < 1.0 and 0.0 < b < 1.0

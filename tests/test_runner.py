@@ -85,6 +85,31 @@ def test_failed_job_is_recorded_and_others_continue(tmp_path):
     assert "failed" in (tmp_path / "run/table.md").read_text()
 
 
+def test_fit_warnings_are_kept_in_job_json(tmp_path):
+    """A method's ctx.warn (e.g. AnomalyPro's saturated mask) reaches job.json; jobs without one have no key."""
+    plugin = tmp_path / "warner.py"
+    plugin.write_text(
+        "import numpy as np\n"
+        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.registry import register_method\n"
+        "@register_method('warner_for_test', overwrite=True)\n"
+        "class Warner(AnomalyMethod):\n"
+        "    def fit(self, train, ctx=None):\n"
+        "        (ctx or FitContext()).warn(f'look at me: {len(train.healthy)} images')\n"
+        "        return self\n"
+        "    def score(self, images):\n"
+        "        return ScoreResult(images.flatten(1).mean(1).double().numpy())\n"
+        "    def state_dict(self):\n        return {}\n"
+        "    def load_state_dict(self, s):\n        pass\n")
+    exp = tiny_experiment(plugins=[str(EXAMPLE_PLUGIN), str(plugin)], settings=["inductive"],
+                          methods=["warner_for_test", "pixel_knn"])
+    Runner(exp, tmp_path / "run", progress=False, echo=lambda s: None).run()
+    job = json.loads((tmp_path / "run/jobs/tiny/warner_for_test/seed0/job.json").read_text())
+    assert job["status"] == "done" and len(job["warnings"]) == 1
+    assert job["warnings"][0].startswith("look at me: ") and not job["warnings"][0].endswith(" 0 images")
+    assert "warnings" not in json.loads((tmp_path / "run/jobs/tiny/pixel_knn/seed0/job.json").read_text())
+
+
 def test_lock_refuses_a_second_runner(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -72,6 +72,8 @@ log = logging.getLogger("anomaly_bench")
 CHANNELS_LAST = torch.channels_last
 #: ``Generator.channels_last_tail`` per layout (``all`` converts the whole network instead)
 GENERATOR_TAIL = {"all": -1, "none": -1, "head": 0, "tail": 3}
+#: a final mean mask above this on both sets is reported as saturated (see MedAIAnomalyPro._check_mask)
+MASK_SATURATED = 0.95
 
 
 class MissingMixedSetError(ConfigError, ValueError):
@@ -382,7 +384,10 @@ class AnomalyProTrainer:
         self.d_opt = torch.optim.Adam(D.parameters(), hp["d_lr"], betas, **opt_kw)
         self.G_fwd = torch.compile(G, dynamic=False) if compile_g else G
         self.additive = hp["head"] == "additive"
-        self.g_keys = ("g_adv_a", "g_id") if self.additive else ("g_adv_a", "g_adv_b", "g_id", "g_rec", "g_mask")
+        #: losses, and for the mask head the mean masks of the A and B batches (a saturated mask, mean near 1,
+        #: means B0 = B_int everywhere: see MASK_SATURATED)
+        self.g_keys = ("g_adv_a", "g_id") if self.additive else (
+            "g_adv_a", "g_adv_b", "g_id", "g_rec", "g_mask", "mask_a_mean", "mask_b_mean")
         self._d_hist: list[torch.Tensor] = []
         self._g_hist: list[torch.Tensor] = []
         self._last_g = {k: 0.0 for k in self.g_keys}
@@ -454,8 +459,11 @@ class AnomalyProTrainer:
             self.g_opt.step()
         finally:
             self.D.requires_grad_(True)
-        keys = ("adv_a", "id") if self.additive else ("adv_a", "adv_b", "id", "rec", "mask")
-        self._g_hist.append(torch.stack([losses[k].detach() for k in keys]))
+        if self.additive:
+            vals = [losses["adv_a"], losses["id"]]
+        else:
+            vals = [losses[k] for k in ("adv_a", "adv_b", "id", "rec", "mask")] + [m_a.mean(), m_b.mean()]
+        self._g_hist.append(torch.stack([v.detach().float() for v in vals]))
 
     def pop_losses(self) -> dict[str, float]:
         """Mean of each loss since the last call (one host sync). G losses repeat their last value if no
@@ -733,9 +741,22 @@ class MedAIAnomalyPro(AnomalyMethod):
                     ctx.save_selection_checkpoint(it, self.state_dict())
         finally:
             pbar.close()
+        self._check_mask(trainer._last_g, ctx)
         G.to(memory_format=torch.contiguous_format).eval()
         self.fitted_ = True
         return self
+
+    def _check_mask(self, last: dict[str, float], ctx: FitContext) -> None:
+        """Say so when the mask ended saturated (mean M above MASK_SATURATED on A and B): then B0 = B_int nearly
+        everywhere and the map is the whole-image translation error rather than a localised mask."""
+        m_a, m_b = last.get("mask_a_mean"), last.get("mask_b_mean")
+        if m_a is None or m_b is None or min(m_a, m_b) < MASK_SATURATED:
+            return
+        ctx.warn(f"medai_anomalypro: the mask saturated (mean M = {m_a:.3f} on set A, {m_b:.3f} on set B "
+                 f"over the last {self.params['log_every']} iterations), so B0 = B_int almost everywhere and the score "
+                 f"is the whole-image translation error. At short budgets this happens when the focus loss pushes a "
+                 f"near-uniform initial mask above 0.5 to 1; train longer, try other seeds or compare head: additive "
+                 f"(mask_a_mean / mask_b_mean in losses.csv show when it happened).")
 
     def _augment(self, x: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         if self.arch_["net_channels"] != x.shape[1]:
