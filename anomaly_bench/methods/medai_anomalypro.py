@@ -45,7 +45,7 @@ Speed (same algorithm, fewer passes; ``reference_train_step`` below is the autho
   * CPU: fp32; InstanceNorm through the fused group-norm kernel (``norm_impl: auto``); the critic and the
     generator's last up-sampling block and output conv run in channels_last (``channels_last: auto`` = ``tail`` on
     the CPU), the rest of G in NCHW (faster there); in-place LeakyReLU in the critic; fused Adam.
-    Measured at 64 px, batch 8, widths 32, 3 res blocks, 1 thread: 1.30-1.33x the authors' step (``head`` layout,
+    Measured at 64 px, batch 8, widths 32, 3 res blocks, 1 thread: 1.29-1.31x the authors' step (``head`` layout,
     the previous default: 1.24-1.29x), about 1.4x with ``compile`` (inductor needs a C++ compiler and ~1 min to
     compile, so it is off by default).
 """
@@ -198,9 +198,9 @@ def resolve_layout(channels_last: str, device: torch.device, compiled: bool = Fa
     and output conv; the CPU default), ``head`` (only G's output conv) or ``none``. On the CPU oneDNN runs the
     critic, the last transposed conv and the 7x7 output conv to 1-4 channels faster in channels_last, while the
     InstanceNorms and the residual convs are faster in NCHW (1 thread, 64 px, batch 8, widths 32: ``tail`` 1.29x
-    the authors' step vs 1.24x for ``head`` in the same process). ``auto`` on CUDA: ``none`` in eager mode,
-    ``all`` with ``compile`` (H100, paper shape, bf16: eager 1.81x the authors' speed in NCHW vs 1.55x in
-    channels_last; compiled 2.10x in NCHW vs 2.35x in channels_last)."""
+    the authors' step vs 1.26x for ``head`` in the same process, results/bench). ``auto`` on CUDA: ``none`` in
+    eager mode, ``all`` with ``compile`` (H100, paper shape, bf16: eager 1.81x the authors' speed in NCHW vs 1.55x
+    in channels_last; compiled 2.10x in NCHW vs 2.35x in channels_last)."""
     if channels_last == "auto":
         if device.type == "cuda":
             return "all" if compiled else "none"
