@@ -417,7 +417,7 @@ def test_resume_after_kill_ends_with_identical_weights(tmp_path):
 
 def test_saturated_mask_is_reported_and_logged(tmp_path):
     """losses.csv carries the mean masks; a final mask above MASK_SATURATED on both sets gets a warning naming
-    it, a mask that is not saturated gets none."""
+    it, a mask that is not saturated gets none; likewise a critic that ends behind its generator."""
     m = MedAIAnomalyPro()
     events: list[str] = []
     ctx = FitContext(progress=False, on_event=events.append)
@@ -428,6 +428,14 @@ def test_saturated_mask_is_reported_and_logged(tmp_path):
         m._check_mask(last, ctx)
     assert len(events) == 1
 
+    # the critic: behind its generator (D(fake) above D(real) by more than CRITIC_BEHIND) is reported, with numbers
+    events.clear()
+    m._check_critic({"d_real": -0.048, "d_fake": 0.960}, ctx)
+    assert len(events) == 1 and "critic ended behind" in events[0] and "-1.008" in events[0] and "d_lr" in events[0]
+    for last in ({"d_real": 0.30, "d_fake": 0.27}, {"d_real": 0.0, "d_fake": 0.05}, {"d_real": 0.1}, {}):
+        m._check_critic(last, ctx)
+    assert len(events) == 1
+
     x = torch.rand(24, 1, 16, 16) * 2 - 1
     MedAIAnomalyPro(iterations=6, batch_size=4, g_conv_dim=4, g_repeat_num=1, d_conv_dim=4, lr_decay_iters=0,
                     log_every=2, checkpoint_every=0).fit(TrainSets(healthy=x[:12], mixed=x[12:]),
@@ -435,6 +443,9 @@ def test_saturated_mask_is_reported_and_logged(tmp_path):
     rows = (tmp_path / "losses.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert header[-2:] == ["mask_a_mean", "mask_b_mean"] and len(rows) == 4
+    # the last critic means are kept with the resume state, so a resumed finished run can check them again
+    last_d = torch.load(tmp_path / "resume.pt", weights_only=False)["trainer"]["last_d"]
+    assert set(last_d) == {"d_real", "d_fake", "d_gp"} and all(math.isfinite(v) for v in last_d.values())
     for row in rows[1:]:
         a, b = (float(v) for v in row.split(",")[-2:])
         assert 0.0 < a < 1.0 and 0.0 < b < 1.0

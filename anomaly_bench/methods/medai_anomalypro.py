@@ -74,6 +74,9 @@ CHANNELS_LAST = torch.channels_last
 GENERATOR_TAIL = {"all": -1, "none": -1, "head": 0, "tail": 3}
 #: a final mean mask above this on both sets is reported as saturated (see MedAIAnomalyPro._check_mask)
 MASK_SATURATED = 0.95
+#: a final mean D(fake) - D(real) above this is reported as a critic behind its generator (a constant critic
+#: scores 0, an up-to-date WGAN critic >= 0; the margin ignores log-window noise). See MedAIAnomalyPro._check_critic
+CRITIC_BEHIND = 0.1
 
 
 class MissingMixedSetError(ConfigError, ValueError):
@@ -391,6 +394,7 @@ class AnomalyProTrainer:
         self._d_hist: list[torch.Tensor] = []
         self._g_hist: list[torch.Tensor] = []
         self._last_g = {k: 0.0 for k in self.g_keys}
+        self._last_d: dict[str, float] = {}
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
@@ -470,8 +474,8 @@ class AnomalyProTrainer:
         generator step happened in between."""
         out: dict[str, float] = {}
         if self._d_hist:
-            d = torch.stack(self._d_hist).mean(0).tolist()
-            out.update(zip(self.D_KEYS, d))
+            self._last_d = dict(zip(self.D_KEYS, torch.stack(self._d_hist).mean(0).tolist()))
+            out.update(self._last_d)
         if self._g_hist:
             self._last_g = dict(zip(self.g_keys, torch.stack(self._g_hist).mean(0).tolist()))
         out.update(self._last_g)
@@ -480,7 +484,7 @@ class AnomalyProTrainer:
 
     def state(self) -> dict[str, Any]:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "g_opt": self.g_opt.state_dict(),
-                "d_opt": self.d_opt.state_dict(), "last_g": dict(self._last_g)}
+                "d_opt": self.d_opt.state_dict(), "last_g": dict(self._last_g), "last_d": dict(self._last_d)}
 
     def load(self, st: dict[str, Any]) -> None:
         self.G.load_state_dict(st["G"])
@@ -488,6 +492,7 @@ class AnomalyProTrainer:
         self.g_opt.load_state_dict(st["g_opt"])
         self.d_opt.load_state_dict(st["d_opt"])
         self._last_g = dict(st.get("last_g", self._last_g))
+        self._last_d = dict(st.get("last_d", self._last_d))
 
 
 def reference_train_step(G: nn.Module, D: nn.Module, g_opt: torch.optim.Optimizer, d_opt: torch.optim.Optimizer,
@@ -742,6 +747,7 @@ class MedAIAnomalyPro(AnomalyMethod):
         finally:
             pbar.close()
         self._check_mask(trainer._last_g, ctx)
+        self._check_critic(trainer._last_d, ctx)
         G.to(memory_format=torch.contiguous_format).eval()
         self.fitted_ = True
         return self
@@ -757,6 +763,20 @@ class MedAIAnomalyPro(AnomalyMethod):
                  f"is the whole-image translation error. At short budgets this happens when the focus loss pushes a "
                  f"near-uniform initial mask above 0.5 to 1; train longer, try other seeds or compare head: additive "
                  f"(mask_a_mean / mask_b_mean in losses.csv show when it happened).")
+
+    def _check_critic(self, last: dict[str, float], ctx: FitContext) -> None:
+        """Say so when training ended with the critic rating translated images above real healthy ones (mean
+        D(fake) - D(real) above CRITIC_BEHIND over the last log window): the critic is then behind the generator,
+        whose adversarial term pushes toward whatever fools it rather than toward healthy-looking images."""
+        d_real, d_fake = last.get("d_real"), last.get("d_fake")
+        if d_real is None or d_fake is None or d_fake - d_real <= CRITIC_BEHIND:
+            return
+        ctx.warn(f"medai_anomalypro: the critic ended behind the generator: over the last {self.params['log_every']} "
+                 f"iterations it rated translated images above real healthy ones (mean D(real) - D(fake) = "
+                 f"{d_real - d_fake:.3f}; a constant critic scores 0, an up-to-date one more), so the adversarial "
+                 f"signal is not separating healthy from translated images (g_id in losses.csv typically rises). "
+                 f"Seen at short budgets with the published equal learning rates; train longer, or try a faster "
+                 f"critic (d_lr: 4e-4 or n_critic: 5; a deviation from the authors' settings).")
 
     def _augment(self, x: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         if self.arch_["net_channels"] != x.shape[1]:
