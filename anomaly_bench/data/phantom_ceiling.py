@@ -35,13 +35,14 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.data.phantom import LESION_TYPES, phantom_arrays
+from anomaly_bench.metrics import subject_scores
 
 SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def _subject_auc(scores: np.ndarray, labels: np.ndarray, subjects: Sequence[str]) -> float:
-    g = pd.DataFrame({"s": list(subjects), "y": labels, "v": scores}).groupby("s").mean()
-    return float(roc_auc_score(g["y"], g["v"]))
+    g = subject_scores(subjects, labels, scores)  # the suite's subject score: mean over the subject's slices
+    return float(roc_auc_score(g["label"], g["score"]))
 
 
 def ceiling_table(sigmas: Sequence[float] = SIGMAS, **phantom: Any) -> pd.DataFrame:
