@@ -67,10 +67,14 @@ def versions() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    import anomalib
     import sklearn
+    try:  # only PaDiM/PatchCore need anomalib; a run of the other methods records that it is absent
+        import anomalib
+        anomalib_version = getattr(anomalib, "__version__", None)
+    except ImportError:
+        anomalib_version = "not installed"
     return {"anomaly_bench": anomaly_bench.__version__, "git_commit": commit, "git_dirty": bool(dirty),
-            "torch": torch.__version__, "anomalib": getattr(anomalib, "__version__", None),
+            "torch": torch.__version__, "anomalib": anomalib_version,
             "sklearn": sklearn.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
