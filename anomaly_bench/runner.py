@@ -50,6 +50,7 @@ from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manife
 from anomaly_bench.errors import BenchError, ConfigError, DataError
 from anomaly_bench.experiment import DatasetSpec, Experiment, MethodSpec
 from anomaly_bench.interface import FitContext, TrainSets, resolve_device
+from anomaly_bench.cpu_info import cpu_info
 from anomaly_bench.nn.common import seed_everything
 from anomaly_bench.registry import get_method, load_plugin
 
@@ -77,7 +78,7 @@ def versions() -> dict[str, Any]:
             "torch": torch.__version__, "anomalib": anomalib_version,
             "sklearn": sklearn.__version__, "numpy": np.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "cpu": cpu_info()}
 
 
 class RunLock:

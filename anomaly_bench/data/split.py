@@ -42,6 +42,9 @@ class SplitConfig:
     1,570 + 3,663); otherwise ``mixed_size`` and ``mixed_diseased_fraction`` do. With neither, A takes
     every diseased training image plus enough healthy ones for the requested fraction, never more than
     half of the healthy pool (the rest is B).
+    ``seed`` fixes the split's own random draw; by default (null) each job seed draws its own split, so a
+    seed's result varies with both the test images and the training. A fixed ``seed`` keeps one split for every
+    job seed, so seeds then vary the training alone (the regression experiment's spread).
     """
 
     test_size: int | float = 0.2
@@ -54,6 +57,7 @@ class SplitConfig:
     holdout_fraction: float = 0.1
     use_predefined_roles: bool = True
     manifest: str | None = None
+    seed: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "split") -> "SplitConfig":
@@ -67,6 +71,9 @@ class SplitConfig:
             v = getattr(cfg, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
+        if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int)):
+            raise ConfigError(f"{where}.seed must be an integer or null (null: each job seed draws its own "
+                              f"split), got {cfg.seed!r}")
         for name in ("test_size", "mixed_size", "healthy_size", "mixed_diseased", "mixed_healthy"):
             v = getattr(cfg, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
@@ -146,6 +153,8 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
     """Build the roles for ``ds`` (see module docstring). Same dataset, config and seed → same split."""
     if cfg.manifest:
         return read_manifest(cfg.manifest, ds)
+    if cfg.seed is not None:
+        seed = cfg.seed
     rng = np.random.default_rng(seed)
     unit = _units(ds)
     n_units = int(unit.max()) + 1
