@@ -171,66 +171,116 @@ def report(run_dir: str, html: bool, threshold_rule: str) -> None:
 
 @main.command()
 @click.option("--reference", default=None, type=click.Path(dir_okay=False),
-              help="Reference JSON (default results/reference/regression.json).")
+              help="Statistical reference JSON (default results/reference/regression.json).")
+@click.option("--exact-reference", default=None, type=click.Path(dir_okay=False),
+              help="Exact reference JSON (default results/reference/regression_exact.json).")
 @click.option("--tolerance", default=None, type=float,
-              help="Allowed drop of AUC/AP (default: the reference's, else 0.01).")
+              help="Least allowed drop of AUC/AP, the floor of max(floor, k*sd) (default: the reference's).")
 @click.option("--experiment", default=None, type=click.Path(dir_okay=False),
               help="Regression experiment YAML (default experiments/regression.yaml).")
+@click.option("--exact-config", default=None, type=click.Path(dir_okay=False),
+              help="Exact-check YAML (default experiments/regression_exact.yaml).")
+@click.option("--part", default="all", show_default=True, type=click.Choice(["all", "exact", "statistical"]),
+              help="exact: float64 few-step scores and splits only (about a minute); statistical: the seed-0 "
+                   "regression run against the reference's spread only.")
 @click.option("--out", default="runs/regress", type=click.Path(file_okay=False), show_default=True)
 @click.option("--data-root", default=None, type=click.Path(file_okay=False))
 @click.option("--min-rank-corr", default=None, type=float,
-              help="Least Spearman correlation of per-image scores with the reference's sample (default: the "
-                   "reference's, else 0.9).")
-@click.option("--update", is_flag=True, help="Rewrite the reference with this run's values.")
+              help="Least Spearman correlation of per-image scores with the reference's sample, where the reference "
+                   "keeps one (default: the reference's, else 0.9).")
+@click.option("--update", is_flag=True, help="Rewrite the references (the commit that does so must say why).")
+@click.option("--from", "from_runs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="With --update: build the statistical reference from these finished runs of the regression "
+                   "experiment (repeatable; e.g. seeds 0-2 on two kernel paths) instead of running it once here.")
 @click.option("--fresh/--resume", default=True, show_default=True,
               help="Start from an empty output folder (default) or reuse finished jobs.")
-def regress(reference, tolerance, experiment, out, data_root, min_rank_corr, update, fresh) -> None:
-    """Run the regression experiment and compare AUC/AP with the committed reference."""
+def regress(reference, exact_reference, tolerance, experiment, exact_config, part, out, data_root, min_rank_corr,
+            update, from_runs, fresh) -> None:
+    """Check this code against the committed references: exact float64 checks, then the statistical run."""
     import json
-    import shutil
 
     from anomaly_bench import regress as rg
+    from anomaly_bench import regress_exact as rx
 
     ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
+    exact_path = Path(exact_reference) if exact_reference else rx.DEFAULT_EXACT_REFERENCE
+    exp_path = Path(experiment) if experiment else rg.DEFAULT_EXPERIMENT
+    exact_cfg = Path(exact_config) if exact_config else rx.DEFAULT_EXACT_CONFIG
     out_dir = Path(out)
+    problems: list[str] = []
     try:
-        ref = json.loads(ref_path.read_text()) if ref_path.exists() else None
-        if ref is None and not update:
-            raise BenchError(f"reference {ref_path} not found; create it with `anomaly-bench regress --update`")
-        tol = tolerance if tolerance is not None else float((ref or {}).get("tolerance", 0.01))
+        # everything is checked before anything is deleted or run
+        from anomaly_bench.experiment import load_experiment
+        from anomaly_bench.runner import versions
+
+        load_experiment(exp_path)
+        wanted = {"all": ("exact", "statistical"), "exact": ("exact",), "statistical": ("statistical",)}[part]
+        refs = {"exact": exact_path, "statistical": ref_path}
+        if not update:
+            for what in wanted:
+                if not refs[what].is_file():
+                    raise BenchError(f"{what} reference {refs[what]} not found; create it with "
+                                     f"`anomaly-bench regress --update` (see README, Regression)")
+        ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        floor = tolerance if tolerance is not None else float((ref or {}).get("floor", (ref or {}).get(
+            "tolerance", rg.DEFAULT_FLOOR)))
         if min_rank_corr is None:
             min_rank_corr = float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR))
-        if ref is not None:
-            ref["min_rank_corr"] = min_rank_corr
-        if fresh and out_dir.exists():
-            shutil.rmtree(out_dir)
-        metrics, scores, info, skipped = rg.run_regression(out_dir, Path(experiment) if experiment else
-                                                           rg.DEFAULT_EXPERIMENT, data_root)
-        new = rg.summarise(metrics)
-        click.echo(f"\nregression run: {info['regress_seconds']} s on {info['device']} "
-                   f"({info['versions']['cpu_threads']} threads)")
+        if "statistical" in wanted and not from_runs:
+            rg.prepare_out(out_dir, fresh)
+
+        if "exact" in wanted:
+            record = rx.run_exact(exact_cfg, exp_path, data_root, echo=click.echo)
+            if update:
+                rx.write_exact_reference(exact_path, record, versions())
+                click.echo(f"exact reference written: {exact_path} ({len(record['methods'])} methods, "
+                           f"{len(record['splits'])} splits)")
+            else:
+                rows, exact_problems = rx.compare_exact(json.loads(exact_path.read_text()), record)
+                click.echo("\nexact checks (float64, rtol "
+                           f"{json.loads(exact_path.read_text()).get('rtol')}; kernel path "
+                           f"{versions()['cpu']['kernel_path']}):")
+                for r in rows:
+                    diff = "" if r["max_rel_diff"] != r["max_rel_diff"] else f"  max rel diff {r['max_rel_diff']:.2e}"
+                    click.echo(f"  {r['what']:<28} {r['status']}{diff}")
+                problems += exact_problems
+
+        if "statistical" in wanted:
+            if update:
+                if from_runs:
+                    runs = [rg._read_run(Path(r)) for r in from_runs]
+                else:
+                    metrics, scores, info, _ = rg.run_regression(out_dir, exp_path, data_root)
+                    runs = [(metrics, scores, info)]
+                blob = rg.build_reference(runs, floor, rg.DEFAULT_K if ref is None else float(ref.get(
+                    "k", rg.DEFAULT_K)), min_rank_corr, echo=click.echo)
+                rg.write_reference(ref_path, blob)
+                click.echo(f"reference written: {ref_path} ({len(blob['values'])} values from {len(runs)} run(s); "
+                           f"{len(blob['scores'])} score samples kept for the rank guard; commit it with the reason)")
+            else:
+                metrics, scores, info, skipped = rg.run_regression(out_dir, exp_path, data_root)
+                new = rg.summarise(metrics)
+                click.echo(f"\nregression run: {info['regress_seconds']} s on {info['device']} "
+                           f"({info['versions']['cpu_threads']} threads, kernel path "
+                           f"{info['versions']['cpu']['kernel_path']})")
+                ref["min_rank_corr"] = min_rank_corr
+                cmp = rg.compare(ref, new, floor, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,
+                                 rg.score_sample(scores))
+                click.echo(rg.format_table(cmp.table))
+                cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)
+                for line in cmp.improvements:
+                    click.secho(f"improved: {line}", fg="green")
+                if skipped:
+                    click.secho(f"note: datasets skipped for lack of data: {sorted(skipped)}", fg="yellow")
+                problems += cmp.problems
         if update:
-            kept = {k: v for k, v in ((ref or {}).get("values") or {}).items() if k.split("|")[0] in skipped}
-            kept_s = {k: v for k, v in ((ref or {}).get("scores") or {}).items() if k.split("|")[0] in skipped}
-            rg.write_reference(ref_path, {**kept, **new}, info, tol, {**kept_s, **rg.score_sample(scores)},
-                               min_rank_corr)
-            click.echo(f"reference written: {ref_path} ({len(new)} values; commit it with the reason)")
             return
-        cmp = rg.compare(ref, new, tol, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,
-                         rg.score_sample(scores))
-        click.echo(rg.format_table(cmp.table))
-        (out_dir / "regression_comparison.csv").parent.mkdir(parents=True, exist_ok=True)
-        cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)
-        for line in cmp.improvements:
-            click.secho(f"improved: {line}", fg="green")
-        if skipped:
-            click.secho(f"note: datasets skipped for lack of data: {sorted(skipped)}", fg="yellow")
-        if not cmp.ok:
-            click.secho(f"\nREGRESSION: {len(cmp.problems)} problem(s) (tolerance {tol}):", fg="red", err=True)
-            for p in cmp.problems:
+        if problems:
+            click.secho(f"\nREGRESSION: {len(problems)} problem(s):", fg="red", err=True)
+            for p in problems:
                 click.secho(f"  - {p}", fg="red", err=True)
             sys.exit(1)
-        click.secho(f"\nregression check passed (tolerance {tol})", fg="green")
+        click.secho(f"\nregression check passed ({', '.join(wanted)}; floor {floor})", fg="green")
     except BenchError as exc:
         _fail(exc)
 

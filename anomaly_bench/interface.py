@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from anomaly_bench.errors import ConfigError, TrainingError
+from anomaly_bench.nn.common import at_least_fp32
 
 log = logging.getLogger("anomaly_bench")
 
@@ -42,7 +43,8 @@ COMMON_PARAMS: dict[str, Any] = {"seed": 0, "device": "cpu"}
 
 @dataclass(frozen=True)
 class TrainSets:
-    """Training images for one job. Tensors are ``(N, 1, H, W)`` float32 in ``[-1, 1]`` on the CPU."""
+    """Training images for one job. Tensors are ``(N, 1, H, W)`` float32 in ``[-1, 1]`` on the CPU (float64 in
+    the exact regression checks, which train under ``torch.set_default_dtype(torch.float64)``)."""
 
     healthy: torch.Tensor
     mixed: torch.Tensor | None = None
@@ -52,8 +54,8 @@ class TrainSets:
             t = getattr(self, name)
             if t is None:
                 continue
-            if t.ndim != 4 or t.dtype != torch.float32:
-                raise ValueError(f"TrainSets.{name} must be a float32 (N, C, H, W) tensor, "
+            if t.ndim != 4 or t.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"TrainSets.{name} must be a float32 (or float64) (N, C, H, W) tensor, "
                                  f"got {tuple(t.shape)} {t.dtype}")
         if len(self.healthy) == 0:
             raise ValueError("TrainSets.healthy is empty: the split gave no healthy training images")
@@ -353,4 +355,4 @@ def batched(images: torch.Tensor, batch_size: int):
 
 
 def to_numpy_scores(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy().astype(np.float64)
+    return at_least_fp32(t.detach()).cpu().numpy().astype(np.float64)

@@ -45,12 +45,12 @@ import yaml
 
 import anomaly_bench
 from anomaly_bench.config import REPO_DIR, method_params
+from anomaly_bench.cpu_info import cpu_info
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
 from anomaly_bench.errors import BenchError, ConfigError, DataError
 from anomaly_bench.experiment import DatasetSpec, Experiment, MethodSpec
 from anomaly_bench.interface import FitContext, TrainSets, resolve_device
-from anomaly_bench.cpu_info import cpu_info
 from anomaly_bench.nn.common import seed_everything
 from anomaly_bench.registry import get_method, load_plugin
 

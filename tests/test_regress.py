@@ -24,8 +24,8 @@ def _experiment(tmp_path, extra_datasets=()):
 
 
 def _regress(tmp_path, ref, *extra):
-    return CliRunner().invoke(main, ["regress", "--experiment", str(_experiment(tmp_path)), "--reference", str(ref),
-                                     "--out", str(tmp_path / "out"), *extra])
+    return CliRunner().invoke(main, ["regress", "--part", "statistical", "--experiment", str(_experiment(tmp_path)),
+                                     "--reference", str(ref), "--out", str(tmp_path / "out"), *extra])
 
 
 def test_update_then_pass_then_corrupted_reference_fails(tmp_path):
@@ -34,14 +34,14 @@ def test_update_then_pass_then_corrupted_reference_fails(tmp_path):
     assert res.exit_code == 0, res.output
     values = json.loads(ref.read_text())["values"]
     key = "tinyreg|inductive|pixel_knn|last|image|auc"
-    assert key in values and 0 <= values[key] <= 1
+    assert key in values and 0 <= values[key]["mean"] <= 1 and values[key]["n"] == 1 and values[key]["sd"] == 0
 
     res = _regress(tmp_path, ref)
     assert res.exit_code == 0, res.output
     assert "regression check passed" in res.output
 
     blob = json.loads(ref.read_text())
-    blob["values"][key] = min(1.0, values[key] + 0.2)  # the reference says this method used to be better
+    blob["values"][key]["mean"] = min(1.0, values[key]["mean"] + 0.2)  # the reference says it used to be better
     ref.write_text(json.dumps(blob))
     res = _regress(tmp_path, ref)
     assert res.exit_code == 1
@@ -84,7 +84,7 @@ def test_random_scores_fail_by_rank_correlation_even_when_auc_does_not_drop(tmp_
     assert 3 <= len(sample) <= 200 and all(isinstance(v, float) for v in sample.values())
     # the AUC guard alone would let a random method through: pretend the reference AUC was at chance
     key = "tinyreg|inductive|pixel_knn|last|image|auc"
-    blob["values"][key] = 0.0
+    blob["values"][key]["mean"] = 0.0
     ref.write_text(json.dumps(blob))
 
     cls = get_method("pixel_knn")
@@ -113,3 +113,69 @@ def test_rank_corr_and_score_sample():
     assert set(s) == {"d|inductive|a|last|0", "d|inductive|b|last|0"}
     assert set(s["d|inductive|a|last|0"]) == set(s["d|inductive|b|last|0"])  # same images for every method
     assert len(s["d|inductive|a|last|0"]) == 40
+
+
+def test_tolerance_follows_the_reference_spread():
+    """A chaotic method's reference records its spread over seeds x kernel paths: a drop within k sd passes, a
+    drop beyond it fails naming the method; a deterministic one (sd 0) keeps the floor."""
+    key = "d|inductive|gan|last|image|auc"
+    ref = {"k": 4.0, "values": {key: {"mean": 0.7, "sd": 0.05, "n": 6},
+                                "d|inductive|padim|last|image|auc": {"mean": 0.8, "sd": 0.0, "n": 6}}}
+    ok = compare(ref, {key: 0.55, "d|inductive|padim|last|image|auc": 0.79}, 0.02, [], [])
+    assert ok.ok, ok.problems
+    bad = compare(ref, {key: 0.45, "d|inductive|padim|last|image|auc": 0.77}, 0.02, [], [])
+    assert len(bad.problems) == 2
+    assert any("gan on d" in p and "0.7000 -> 0.4500" in p and "4 x sd 0.0500" in p for p in bad.problems)
+    assert any("padim on d" in p and "tolerance 0.0200" in p for p in bad.problems)
+
+
+def _fake_run(values_by_seed, scores_by_seed, path="native"):
+    metrics = pd.DataFrame([{"dataset": "d", "setting": "inductive", "method": m, "selection": "last", "seed": s,
+                             "level": "image", "metric": "auc", "value": v}
+                            for m, per_seed in values_by_seed.items() for s, v in per_seed.items()])
+    scores = pd.DataFrame([{"dataset": "d", "setting": "inductive", "method": m, "selection": "last", "seed": s,
+                            "id": f"i{i}", "subject": f"i{i}", "label": i % 2, "score": v}
+                           for m, per_seed in scores_by_seed.items() for s, vals in per_seed.items()
+                           for i, v in enumerate(vals)])
+    info = {"versions": {"cpu": {"kernel_path": path}, "git_commit": "abc", "git_dirty": False},
+            "datasets": {"d": {"fingerprint": "f"}}}
+    return metrics, scores, info
+
+
+def test_build_reference_pools_seeds_and_kernel_paths_and_keeps_the_rank_guard_only_where_scores_agree():
+    import numpy as np
+
+    from anomaly_bench.regress import build_reference
+
+    rng = np.random.default_rng(0)
+    det = list(np.arange(20.0))
+    a = _fake_run({"padim": {0: 0.80, 1: 0.81}, "gan": {0: 0.6, 1: 0.7}},
+                  {"padim": {0: det, 1: det}, "gan": {0: list(rng.random(20)), 1: list(rng.random(20))}})
+    b = _fake_run({"padim": {0: 0.80, 1: 0.81}, "gan": {0: 0.4, 1: 0.65}},
+                  {"padim": {0: det, 1: det}, "gan": {0: list(rng.random(20)), 1: list(rng.random(20))}},
+                  path="ATEN_CPU_CAPABILITY=default")
+    blob = build_reference([a, b], floor=0.02, k=4.0, echo=lambda *_: None)
+    gan = blob["values"]["d|inductive|gan|last|image|auc"]
+    assert gan["n"] == 4 and gan["samples"] == [0.6, 0.7, 0.4, 0.65]
+    assert gan["sd"] == pytest.approx(np.std([0.6, 0.7, 0.4, 0.65], ddof=1))
+    assert gan["tolerance"] == pytest.approx(4 * gan["sd"])
+    assert set(blob["scores"]) == {"d|inductive|padim|last|0"}      # the chaotic method's scores are not guarded
+    assert blob["rank_agreement"]["d|inductive|padim|last|0"] == 1.0
+    assert [r["kernel_path"] for r in blob["runs"]] == ["native", "ATEN_CPU_CAPABILITY=default"]
+
+
+def test_regress_never_deletes_a_folder_that_is_not_its_own(tmp_path):
+    """`--out` pointed at a user's folder, or at a run in progress, is refused before anything is deleted."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("x")
+    res = CliRunner().invoke(main, ["regress", "--part", "statistical", "--experiment", str(tmp_path / "nope.yaml"),
+                                    "--out", str(victim)])
+    assert res.exit_code == 2 and "nope.yaml" in res.output and (victim / "keep.txt").exists()
+    res = _regress(tmp_path, tmp_path / "ref.json", "--update", "--out", str(victim))
+    assert res.exit_code == 2 and "not a regress output folder" in res.output and (victim / "keep.txt").exists()
+    running = tmp_path / "running"
+    (running / "jobs").mkdir(parents=True)
+    (running / ".lock").write_text("123")
+    res = _regress(tmp_path, tmp_path / "ref.json", "--update", "--out", str(running))
+    assert res.exit_code == 2 and "a run is using this folder" in res.output and (running / "jobs").exists()

@@ -63,7 +63,7 @@ from torch import nn
 
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.nn.common import linear_decay_lambda, map_batches, seed_everything
+from anomaly_bench.nn.common import at_least_fp32, linear_decay_lambda, map_batches, seed_everything
 from anomaly_bench.nn.training import ResumableBatchSampler
 from anomaly_bench.registry import register_method
 
@@ -134,7 +134,7 @@ def gradient_penalty(critic: nn.Module, x_hat: torch.Tensor) -> torch.Tensor:
 
 def gradient_penalty_from_output(out: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Gradient penalty when ``out = D(x_hat)`` was already computed (e.g. inside a merged critic batch)."""
-    (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(at_least_fp32(out).sum(), x_hat, create_graph=True)
     norm = grad.flatten(1).pow(2).sum(1).sqrt()
     return ((norm - 1.0) ** 2).mean()
 
@@ -142,7 +142,7 @@ def gradient_penalty_from_output(out: torch.Tensor, x_hat: torch.Tensor) -> torc
 def critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor, gp: torch.Tensor, lambda_gp: float = 10.0
                 ) -> torch.Tensor:
     """L_D = -mean D(x_B) + mean D(B0(x_A)) + lambda_gp * GP (Eq. 3)."""
-    return -d_real.float().mean() + d_fake.float().mean() + lambda_gp * gp
+    return -at_least_fp32(d_real).mean() + at_least_fp32(d_fake).mean() + lambda_gp * gp
 
 
 def generator_losses(x_a: torch.Tensor, x_b: torch.Tensor, b_int_a: torch.Tensor, mask_a: torch.Tensor,
@@ -153,8 +153,8 @@ def generator_losses(x_a: torch.Tensor, x_b: torch.Tensor, b_int_a: torch.Tensor
     """HealthyGAN generator objective (Eq. 5). ``d_fake_a = D(B0(x_A))``, ``d_fake_b = D(B0(x_B))``.
 
     Returns the terms ``adv_a, adv_b, id, rec, mask`` and ``total``."""
-    adv_a = -d_fake_a.float().mean()
-    adv_b = -d_fake_b.float().mean()
+    adv_a = -at_least_fp32(d_fake_a).mean()
+    adv_b = -at_least_fp32(d_fake_b).mean()
     ident = (x_b - b_int_b).abs().mean()
     rec = (x_a - compose_reconstruction(b_int_a, mask_a, x_a)).abs().mean()
     mask = 0.5 * focus_loss(mask_a, lambda_msmall, lambda_mzerone, eps) \
@@ -166,14 +166,14 @@ def generator_losses(x_a: torch.Tensor, x_b: torch.Tensor, b_int_a: torch.Tensor
 def additive_generator_losses(x_b: torch.Tensor, translated_b: torch.Tensor, d_fake_a: torch.Tensor,
                               lambda_id: float = 1.0) -> dict[str, torch.Tensor]:
     """Brainomaly generator objective: -mean D(tanh(x_A + G(x_A))) + lambda_id * mean|x_B - tanh(x_B + G(x_B))|."""
-    adv_a = -d_fake_a.float().mean()
+    adv_a = -at_least_fp32(d_fake_a).mean()
     ident = (x_b - translated_b).abs().mean()
     return {"adv_a": adv_a, "id": ident, "total": adv_a + lambda_id * ident}
 
 
 def anomaly_map(x: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
     """|x - B0(x)| / 2 averaged over channels: (N, H, W) in [0, 1] for inputs in [-1, 1]."""
-    return (x.float() - translated.float()).abs().mean(1) / 2.0
+    return (at_least_fp32(x) - at_least_fp32(translated)).abs().mean(1) / 2.0
 
 
 def auto_critic_layers(size: int, cap: int = 6) -> int:
@@ -255,7 +255,7 @@ class InstanceNorm(nn.InstanceNorm2d):
                     self._track(mean, rstd.pow(-2) - self.eps, H * W)
             return y
         if use_input_stats:
-            xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in >= fp32
+            xs = at_least_fp32(x)  # statistics in >= fp32
             var, mean = torch.var_mean(xs, dim=(2, 3), keepdim=True, correction=0)
             if self.training:
                 with torch.no_grad():
@@ -409,7 +409,7 @@ class AnomalyProTrainer:
 
     def _translate(self, y: torch.Tensor, x: torch.Tensor):
         """Raw head output -> (translated B0, B_int, M) (mask) or (tanh(x + y), None, None) (additive), in fp32."""
-        y = y.float()
+        y = at_least_fp32(y)
         if self.additive:
             return additive_translate(x, y), None, None
         b_int, m = split_head(y, self.C)
@@ -431,7 +431,7 @@ class AnomalyProTrainer:
         # ---- critic step -----------------------------------------------------------------------
         fake_d = fake_a.detach()
         with self.autocast():
-            out = self.D(torch.cat([x_b, fake_d])).float()
+            out = at_least_fp32(self.D(torch.cat([x_b, fake_d])))
         d_real, d_fake = out[:B].mean(), out[B:].mean()
         x_hat = (alpha * x_b + (1.0 - alpha) * fake_d).requires_grad_(True)
         gp = gradient_penalty(self.D, x_hat)  # fp32
@@ -449,12 +449,12 @@ class AnomalyProTrainer:
             if self.additive:
                 t_b, _, _ = self._translate(y[B:], x_b)
                 with self.autocast():
-                    d_g = self.D(fake_a).float()
+                    d_g = at_least_fp32(self.D(fake_a))
                 losses = additive_generator_losses(x_b, t_b, d_g, hp["lambda_id"])
             else:
                 fake_b, b_int_b, m_b = self._translate(y[B:], x_b)
                 with self.autocast():
-                    d_g = self.D(torch.cat([fake_a, fake_b])).float()
+                    d_g = at_least_fp32(self.D(torch.cat([fake_a, fake_b])))
                 losses = generator_losses(x_a, x_b, b_int_a, m_a, b_int_b, m_b, d_g[:B], d_g[B:],
                                           hp["lambda_id"], hp["lambda_rec"], hp["lambda_mask"], hp["lambda_msmall"],
                                           hp["lambda_mzerone"], hp["mask_eps"])
@@ -467,7 +467,7 @@ class AnomalyProTrainer:
             vals = [losses["adv_a"], losses["id"]]
         else:
             vals = [losses[k] for k in ("adv_a", "adv_b", "id", "rec", "mask")] + [m_a.mean(), m_b.mean()]
-        self._g_hist.append(torch.stack([v.detach().float() for v in vals]))
+        self._g_hist.append(torch.stack([at_least_fp32(v.detach()) for v in vals]))
 
     def pop_losses(self) -> dict[str, float]:
         """Mean of each loss since the last call (one host sync). G losses repeat their last value if no
@@ -821,7 +821,7 @@ class MedAIAnomalyPro(AnomalyMethod):
         x = self._to_net(images)
         use_amp = self.params["amp"] and x.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
-            y = self.G_(x).float()
+            y = at_least_fp32(self.G_(x))
         if self.arch_["head"] == "additive":
             return additive_translate(x, y)
         b_int, m = split_head(y, x.shape[1])
@@ -832,7 +832,7 @@ class MedAIAnomalyPro(AnomalyMethod):
         self.G_ = self.G_.to(self.device).eval()
 
         def fn(x: torch.Tensor):
-            t = self.translate(x.float())
+            t = self.translate(at_least_fp32(x))
             amap = anomaly_map(self._to_net(x), t)
             return amap.mean((1, 2)), amap, t.mean(1)
 

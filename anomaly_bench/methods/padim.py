@@ -66,7 +66,7 @@ class Padim(AnomalibWrapper):
         keep = self._memory_plan(len(train.healthy), per_image, fixed,
                                  f"embeddings {c}x{h}x{w} per image + {h * w} covariances {c}x{c}", ctx)
         images = train.healthy if keep is None else train.healthy[keep]
-        bank = torch.empty(len(images), c, h, w, dtype=torch.float32, device=self.device)
+        bank = torch.empty(len(images), c, h, w, dtype=torch.get_default_dtype(), device=self.device)
         self._extract_into(model, images, bank, ctx, store="memory_bank")
         ctx.info(f"padim: fitting {h * w} Gaussians of dimension {c} on {len(images)} images")
         model.gaussian.fit(bank)                        # = PadimModel.fit() without the list/vstack copy

@@ -79,7 +79,7 @@ class Patchcore(AnomalibWrapper):
         keep = self._memory_plan(n_img, per_image, 0.0,
                                  f"{h * w} patches x {dim}-d per image + {proj}-d projection for the coreset", ctx)
         images = train.healthy if keep is None else train.healthy[keep]
-        bank = torch.empty(len(images) * h * w, dim, dtype=torch.float32, device=self.device)
+        bank = torch.empty(len(images) * h * w, dim, dtype=torch.get_default_dtype(), device=self.device)
         self._extract_into(model, images, bank, ctx, store="embedding_store")
         size = coreset_size(len(bank), p["coreset_sampling_ratio"])
         ctx.info(f"patchcore: coreset of {size} from {len(bank)} patches ({p['coreset_impl']})")

@@ -38,6 +38,7 @@ from torch import nn
 from anomaly_bench.errors import ConfigError
 from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult
 from anomaly_bench.nn.backbones import features_model, normalization
+from anomaly_bench.nn.common import at_least_fp32
 
 GIB = 1024 ** 3
 
@@ -55,7 +56,7 @@ SHARED_CHOICES: dict[str, tuple] = {"on_memory_limit": ("error", "subsample")}
 
 def to_backbone_input(images: torch.Tensor, input_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``(B, 1|3, H, W)`` in ``[-1, 1]`` -> ``(B, 3, S, S)`` resized and normalised for the backbone."""
-    x = (images.float() + 1.0) * 0.5
+    x = (at_least_fp32(images) + 1.0) * 0.5   # float64 stays float64 (the exact regression checks)
     if tuple(x.shape[-2:]) != (input_size, input_size):
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
     if x.shape[1] == 1:
@@ -109,8 +110,8 @@ class AnomalibWrapper(AnomalyMethod):
     # -- building -----------------------------------------------------------------------------------
     def _norm_tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = normalization(self.params["backbone"])
-        return (torch.tensor(mean, dtype=torch.float32, device=device),
-                torch.tensor(std, dtype=torch.float32, device=device))
+        dtype = torch.get_default_dtype()  # float32, or float64 in the exact regression checks
+        return (torch.tensor(mean, dtype=dtype, device=device), torch.tensor(std, dtype=dtype, device=device))
 
     def _build(self, with_weights: bool) -> nn.Module:
         """Build the anomalib model; with ``with_weights`` install the backbone weights of the spec."""

@@ -42,6 +42,12 @@ def batch_stream(data: torch.Tensor, batch_size: int, generator: torch.Generator
         offset = 0
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is half precision (bf16/fp16 autocast output); float32 and float64 unchanged
+    (the exact regression checks train and score in float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 @torch.no_grad()
 def map_batches(fn: Callable[[torch.Tensor], tuple | torch.Tensor], images: torch.Tensor, batch_size: int,
                 device: torch.device) -> list:
@@ -53,7 +59,7 @@ def map_batches(fn: Callable[[torch.Tensor], tuple | torch.Tensor], images: torc
         if outs is None:
             outs = [[] for _ in res]
         for o, r in zip(outs, res):
-            o.append(r.detach().float().cpu())
+            o.append(at_least_fp32(r.detach()).cpu())
     return [torch.cat(o) for o in (outs or [])]
 
 

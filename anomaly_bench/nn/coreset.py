@@ -72,9 +72,17 @@ def project_like_anomalib(embedding: torch.Tensor) -> tuple[torch.Tensor, torch.
     from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
 
     if embedding.ndim == 2:
-        model = SparseRandomProjection(eps=EPS_JL)
-        model.fit(embedding)
-        features = model.transform(embedding)
+        # anomalib's projection is float32 throughout; a float64 bank (the exact regression checks) is selected
+        # from its float32 copy, under a float32 default dtype
+        embedding = embedding.float()
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            model = SparseRandomProjection(eps=EPS_JL)
+            model.fit(embedding)
+            features = model.transform(embedding)
+        finally:
+            torch.set_default_dtype(old)
     else:
         features = embedding.reshape(embedding.shape[0], -1)
     start = torch.randint(high=features.shape[0], size=(1,), device=features.device).squeeze()
