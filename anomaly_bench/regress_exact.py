@@ -151,6 +151,7 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     ds, sp = by_name[dataset]
     idx = _fixed_images(ds, sp, int(cfg.get("n_train", 64)), int(cfg.get("n_score", 32)))
     record["dataset"] = dataset
+    record["n_train"], record["n_score"] = int(cfg.get("n_train", 64)), int(cfg.get("n_score", 32))
     for name, overrides in cfg["methods"].items():
         if methods and name not in methods:
             continue
