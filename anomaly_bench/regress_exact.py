@@ -153,7 +153,7 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     record["dataset"] = dataset
     record["n_train"], record["n_score"] = int(cfg.get("n_train", 64)), int(cfg.get("n_score", 32))
     for name, overrides in cfg["methods"].items():
-        if methods and name not in methods:
+        if methods is not None and name not in methods:
             continue
         echo(f"regress --exact: {name} (float64, {overrides or 'profile budget'})")
         record["methods"][name] = exact_method_record(name, overrides or {}, record["profile"], ds.images,
