@@ -248,7 +248,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
         if "statistical" in wanted:
             if update:
                 if from_runs:
-                    runs = [rg._read_run(Path(r)) for r in from_runs]
+                    runs = [rg.read_run(Path(r)) for r in from_runs]
                 else:
                     metrics, scores, info, _ = rg.run_regression(out_dir, exp_path, data_root)
                     runs = [(metrics, scores, info)]
@@ -265,7 +265,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                            f"{info['versions']['cpu']['kernel_path']})")
                 ref["min_rank_corr"] = min_rank_corr
                 cmp = rg.compare(ref, new, floor, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,
-                                 rg.score_sample(scores))
+                                 rg.score_sample(scores), seeds=sorted(int(x) for x in metrics["seed"].unique()))
                 click.echo(rg.format_table(cmp.table))
                 cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)
                 for line in cmp.improvements:

@@ -40,6 +40,7 @@ SAMPLE_PER_GROUP = 200
 DEFAULT_MIN_RANK_CORR = 0.9
 DEFAULT_FLOOR = 0.02   # least tolerance of an AUC/AP (also the tolerance of a reference made from one sample)
 DEFAULT_K = 4.0        # tolerance = max(floor, k * sd of the reference's samples: seeds x kernel paths)
+FIXED_SEED_AGREEMENT = 0.002  # AUC/AP spread across kernel paths at one seed below which a method is deterministic
 DETERMINISTIC_RHO = 0.99  # rank guard only where the reference runs' seed-0 scores agree at least this well
 SCORE_KEY = ["dataset", "setting", "method", "selection", "seed"]
 DEFAULT_REFERENCE = REPO_DIR / "results" / "reference" / "regression.json"
@@ -133,10 +134,15 @@ def _compare_scores(reference: dict[str, Any], new_scores: dict[str, dict[str, f
         rows.append({**row, "new": rho, "delta": rho - 1.0, "status": status})
 
 
-def reference_stats(entry: Any, floor: float, k: float) -> tuple[float, float, float, int]:
+def reference_stats(entry: Any, floor: float, k: float, seeds: list[int] | None = None
+                    ) -> tuple[float, float, float, int]:
     """(mean, sd, tolerance, n samples) of one reference value: a ``{mean, sd, n, samples}`` record or, in a
-    reference of one sample, a bare number (sd 0: the tolerance is the floor)."""
+    reference of one sample, a bare number (sd 0: the tolerance is the floor). When this run is exactly the
+    seed at which the reference's kernel paths agreed (``fixed_seed``: a deterministic method), that seed's value
+    with the floor, not the spread over seeds."""
     if isinstance(entry, dict):
+        if seeds is not None and entry.get("fixed_seed") is not None and list(seeds) == [entry["fixed_seed"]]:
+            return float(entry["fixed_value"]), 0.0, floor, len(entry.get("samples") or [1])
         mean, sd, n = float(entry["mean"]), float(entry.get("sd") or 0.0), int(entry.get("n", 1))
     else:
         mean, sd, n = float(entry), 0.0, 1
@@ -145,7 +151,8 @@ def reference_stats(entry: Any, floor: float, k: float) -> tuple[float, float, f
 
 def compare(reference: dict[str, Any], new: dict[str, float], tolerance: float, failed_jobs: list[str],
             nonfinite: list[str], skipped_datasets: set[str] = frozenset(),
-            new_scores: dict[str, dict[str, float]] | None = None, k: float | None = None) -> Comparison:
+            new_scores: dict[str, dict[str, float]] | None = None, k: float | None = None,
+            seeds: list[int] | None = None) -> Comparison:
     """Each reference value against this run's: DROP below ``mean - max(tolerance, k * sd)``, improved above
     ``mean + max(tolerance, k * sd)``; ``tolerance`` is the floor (the reference's ``floor`` by default)."""
     k = float(reference.get("k", DEFAULT_K) if k is None else k)
@@ -153,7 +160,7 @@ def compare(reference: dict[str, Any], new: dict[str, float], tolerance: float, 
     ref_values: dict[str, Any] = reference["values"]
     for key, entry in sorted(ref_values.items()):
         parts = dict(zip(KEY, key.split("|")))
-        old, sd, tol, n = reference_stats(entry, tolerance, k)
+        old, sd, tol, n = reference_stats(entry, tolerance, k, seeds)
         base = {**parts, "old": old, "sd": sd, "tol": tol}
         if parts["dataset"] in skipped_datasets:
             rows.append({**base, "new": math.nan, "delta": math.nan, "status": "skipped (no data)"})
@@ -260,7 +267,7 @@ def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: 
     return metrics, scores, info, skipped
 
 
-def _read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     from anomaly_bench.errors import BenchError
 
     missing = [f for f in ("metrics.csv", "scores.csv", "run.json") if not (run / f).is_file()]
@@ -280,12 +287,15 @@ def build_reference(runs: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]
     per-image score sample is kept for the first seed of the first run, only for keys whose sampled scores agree
     across the runs (Spearman >= :data:`DETERMINISTIC_RHO`; all keys when there is one run)."""
     samples: dict[str, list[float]] = {}
+    by_seed: dict[str, dict[int, list[float]]] = {}
     for metrics, _, _ in runs:
         m = metrics[metrics["metric"].isin(GUARDED)]
         for key_vals, g in m.groupby([*KEY[:4], "seed", *KEY[4:]], dropna=False):
             parts = list(key_vals)
             key = "|".join(str(x) for x in parts[:4] + parts[5:])
             samples.setdefault(key, []).extend(float(v) for v in g["value"])
+            by_seed.setdefault(key, {}).setdefault(int(parts[4]), []).extend(float(v) for v in g["value"])
+    first_seed = int(runs[0][1]["seed"].min())
     values = {}
     for key, v in sorted(samples.items()):
         arr = np.asarray(v, dtype=float)
@@ -293,7 +303,11 @@ def build_reference(runs: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]
         values[key] = {"mean": float(arr.mean()), "sd": sd, "n": len(arr), "min": float(arr.min()),
                        "max": float(arr.max()), "tolerance": max(floor, k * sd),
                        "samples": [float(f"{x:.6g}") for x in arr]}
-    first_seed = int(runs[0][1]["seed"].min())
+        at_first = by_seed[key].get(first_seed, [])
+        if len(runs) > 1 and len(at_first) == len(runs) and np.ptp(at_first) <= FIXED_SEED_AGREEMENT:
+            # every kernel path gave (nearly) the same value at this seed: a deterministic method, checked at
+            # this seed against that value with the floor (the seed spread would hide a real drop)
+            values[key].update(fixed_seed=first_seed, fixed_value=float(np.mean(at_first)))
     per_run = [{k_: v_ for k_, v_ in score_sample(sc[sc["seed"] == first_seed]).items()} for _, sc, _ in runs]
     kept, agreement = {}, {}
     for key, sample in per_run[0].items():

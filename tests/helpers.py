@@ -81,6 +81,31 @@ def smoke_fits(name: str, n: int = 2) -> list[AnomalyMethod]:
     return [get_method(name)(**params).fit(train) for _ in range(n)]
 
 
+def fit64(m: AnomalyMethod, train: TrainSets, ctx: FitContext | None = None) -> AnomalyMethod:
+    """Fit ``m`` in float64 (networks built and trained under a float64 default dtype).
+
+    Assertions on what a short training learned must use this: float32 last-bit differences between CPU kernel
+    paths (AVX2 / AVX-512 ATen kernels, oneDNN, MKL) grow within a few dozen iterations into different models
+    (ALOCC's smoke fit flags inverted contrast on one path and not on another), float64 ones stay ~1e-12."""
+    from anomaly_bench.regress_exact import float64_default
+
+    with float64_default():
+        return m.fit(TrainSets(train.healthy.double(), None if train.mixed is None else train.mixed.double()), ctx)
+
+
+def score64(m: AnomalyMethod, x: torch.Tensor) -> np.ndarray:
+    """Scores of a :func:`fit64` model for ``x`` (in float64)."""
+    from anomaly_bench.regress_exact import float64_default
+
+    with float64_default():
+        return m.score(x.double()).scores
+
+
+def smoke_fit64(name: str) -> AnomalyMethod:
+    """One smoke-profile fit of ``name`` on ``three_blobs(64)`` in float64 (see :func:`fit64`)."""
+    return fit64(get_method(name)(**method_params(name, "smoke")), TrainSets(three_blobs(64, seed=0)))
+
+
 def check_seed_determinism(pair: list[AnomalyMethod], test: torch.Tensor, scores: np.ndarray) -> None:
     """The second of two :func:`smoke_fits` scores ``test`` bit-identically to the first (``scores``); the
     same fit with seed 1 does not."""

@@ -29,6 +29,8 @@ from helpers import (
     check_batch_independence,
     check_seed_determinism,
     load_both_ways,
+    score64,
+    smoke_fit64,
     smoke_fits,
     three_blobs,
 )
@@ -214,15 +216,15 @@ def smoke_pair():
 
 
 def test_smoke_training_flags_anomalies_and_is_deterministic(smoke_pair):
-    m1 = smoke_pair[0]
+    m64 = smoke_fit64("alad")  # judged in float64: the outcome of a float32 fit depends on the CPU kernel path
     test = three_blobs(16, seed=1)
     square = torch.full((2, 1, 64, 64), -0.8)
     square[:, :, 16:48, 16:48] = 1.0
-    s_h, s_sq, s_big = (m1.score(v).scores for v in (test, with_square(test), square))
+    s_h, s_sq, s_big = (score64(m64, v) for v in (test, with_square(test), square))
     assert s_big.min() > s_h.max()
     assert s_sq.mean() > s_h.mean()
     assert (s_sq > s_h).mean() >= 0.75  # the same images with a bright square: most score higher
-    check_seed_determinism(smoke_pair, test, s_h)
+    check_seed_determinism(smoke_pair, test, smoke_pair[0].score(test).scores)
 
 
 def test_score_outputs_and_batch_independence(smoke_pair):
