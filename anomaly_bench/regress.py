@@ -296,18 +296,6 @@ def build_reference(runs: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]
             samples.setdefault(key, []).extend(float(v) for v in g["value"])
             by_seed.setdefault(key, {}).setdefault(int(parts[4]), []).extend(float(v) for v in g["value"])
     first_seed = int(runs[0][1]["seed"].min())
-    values = {}
-    for key, v in sorted(samples.items()):
-        arr = np.asarray(v, dtype=float)
-        sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-        values[key] = {"mean": float(arr.mean()), "sd": sd, "n": len(arr), "min": float(arr.min()),
-                       "max": float(arr.max()), "tolerance": max(floor, k * sd),
-                       "samples": [float(f"{x:.6g}") for x in arr]}
-        at_first = by_seed[key].get(first_seed, [])
-        if len(runs) > 1 and len(at_first) == len(runs) and np.ptp(at_first) <= FIXED_SEED_AGREEMENT:
-            # every kernel path gave (nearly) the same value at this seed: a deterministic method, checked at
-            # this seed against that value with the floor (the seed spread would hide a real drop)
-            values[key].update(fixed_seed=first_seed, fixed_value=float(np.mean(at_first)))
     per_run = [{k_: v_ for k_, v_ in score_sample(sc[sc["seed"] == first_seed]).items()} for _, sc, _ in runs]
     kept, agreement = {}, {}
     for key, sample in per_run[0].items():
@@ -316,6 +304,20 @@ def build_reference(runs: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]
         agreement[key] = None if math.isnan(rho) else round(rho, 4)
         if len(runs) == 1 or rho >= DETERMINISTIC_RHO:
             kept[key] = sample
+    values = {}
+    for key, v in sorted(samples.items()):
+        arr = np.asarray(v, dtype=float)
+        sd = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+        values[key] = {"mean": float(arr.mean()), "sd": sd, "n": len(arr), "min": float(arr.min()),
+                       "max": float(arr.max()), "tolerance": max(floor, k * sd),
+                       "samples": [float(f"{x:.6g}") for x in arr]}
+        at_first = by_seed[key].get(first_seed, [])
+        rho = agreement.get("|".join(key.split("|")[:4] + [str(first_seed)]))
+        if (len(runs) > 1 and len(at_first) == len(runs) and np.ptp(at_first) <= FIXED_SEED_AGREEMENT
+                and rho is not None and rho >= DETERMINISTIC_RHO):
+            # every kernel path gave (nearly) the same value and ranking at this seed: a deterministic method,
+            # checked at this seed against that value with the floor (the seed spread would hide a real drop)
+            values[key].update(fixed_seed=first_seed, fixed_value=float(np.mean(at_first)))
     if len(runs) == 1:
         echo("regress --update: one run (one kernel path): the spread covers its seeds only and every score sample "
              "is kept; rebuild from runs on two kernel paths (--from A --from B) for a reference that holds on other "
