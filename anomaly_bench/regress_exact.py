@@ -125,6 +125,19 @@ def exact_method_record(name: str, overrides: dict[str, Any], profile: str, imag
             "scores": [float(s) for s in scores]}
 
 
+def load_exact_config(config: Path = DEFAULT_EXACT_CONFIG) -> dict[str, Any]:
+    """The exact-check YAML, validated: known keys, registered methods, overrides valid for each method."""
+    cfg = read_yaml(config)
+    check_keys(cfg, CONFIG_KEYS, str(config), required={"methods"})
+    if not isinstance(cfg["methods"], dict) or not cfg["methods"]:
+        raise ConfigError(f"{config}: methods must map method names to budget overrides")
+    for name, overrides in cfg["methods"].items():
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ConfigError(f"{config}: methods.{name} must be a mapping of parameter overrides")
+        method_params(name, cfg.get("profile", "ci"), overrides or {})
+    return cfg
+
+
 def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = None, data_root: str | None = None,
               methods: list[str] | None = None, datasets: list[str] | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -133,10 +146,7 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     dataset)."""
     from anomaly_bench.regress import DEFAULT_EXPERIMENT
 
-    cfg = read_yaml(config)
-    check_keys(cfg, CONFIG_KEYS, str(config), required={"methods"})
-    if not isinstance(cfg["methods"], dict) or not cfg["methods"]:
-        raise ConfigError(f"{config}: methods must map method names to budget overrides")
+    cfg = load_exact_config(config)
     dataset = cfg.get("dataset", "phantom")
     if datasets is not None and methods != []:
         datasets = sorted(set(datasets) | {dataset})

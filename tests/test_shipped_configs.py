@@ -8,7 +8,8 @@ from anomaly_bench.data.loading import card_files, resolve_card
 from anomaly_bench.experiment import load_experiment
 from anomaly_bench.registry import get_method
 
-EXPERIMENTS = sorted((REPO_DIR / "experiments").glob("*.yaml"))
+EXACT_CONFIG = REPO_DIR / "experiments" / "regression_exact.yaml"  # regress's exact checks, not an experiment
+EXPERIMENTS = sorted(p for p in (REPO_DIR / "experiments").glob("*.yaml") if p != EXACT_CONFIG)
 METHOD_YAMLS = sorted((REPO_DIR / "methods").glob("*.yaml"))
 
 
@@ -21,6 +22,15 @@ def test_experiment_files_parse_with_at_least_one_seed_and_known_methods(path):
         method_params(m.name, m.profile or exp.profile, m.params)
     for d in exp.datasets:
         resolve_card(d.card)
+
+
+def test_the_exact_regression_config_validates():
+    from anomaly_bench.regress_exact import load_exact_config
+
+    cfg = load_exact_config(EXACT_CONFIG)
+    assert {"medai_anomalypro", "alad", "alocc", "fanogan", "ganomaly", "padim", "patchcore"} <= set(cfg["methods"])
+    assert cfg["dataset"] in [d if isinstance(d, str) else d["card"]
+                              for d in read_yaml(REPO_DIR / "experiments" / "regression.yaml")["datasets"]]
 
 
 @pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.stem)
