@@ -2,5 +2,5 @@
 
 __version__ = "0.1.0"
 
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets  # noqa: E402,F401
-from anomaly_bench.registry import get_method, list_methods, register_method  # noqa: E402,F401
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets  # noqa: E402,F401
+from anomaly_bench.core.registry import get_method, list_methods, register_method  # noqa: E402,F401

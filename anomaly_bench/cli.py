@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from anomaly_bench.errors import BenchError
+from anomaly_bench.core.errors import BenchError
 
 DEFAULT_EXPERIMENT = "default"
 
 
 def _experiment_path(name: str) -> Path:
-    from anomaly_bench.config import REPO_DIR
+    from anomaly_bench.core.config import REPO_DIR
 
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
@@ -63,10 +63,10 @@ def main(verbose: bool) -> None:
 def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, image_size,
         on_bad_image, train_sets, no_progress, executor, ray_address) -> None:
     """Train and score every (dataset, method, seed) job; write tables and plots. Resumes if interrupted."""
-    from anomaly_bench.config import read_yaml
-    from anomaly_bench.experiment import MethodSpec, parse_experiment
-    from anomaly_bench.registry import list_methods, load_plugin
-    from anomaly_bench.runner import Runner
+    from anomaly_bench.core.config import read_yaml
+    from anomaly_bench.core.experiment import MethodSpec, parse_experiment
+    from anomaly_bench.core.registry import list_methods, load_plugin
+    from anomaly_bench.harness.runner import Runner
 
     try:
         for p in plugins:
@@ -76,7 +76,7 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
         exp = parse_experiment(data, where=str(path))
         exp.plugins = list(dict.fromkeys([*exp.plugins, *plugins]))
         if datasets:
-            from anomaly_bench.experiment import DatasetSpec
+            from anomaly_bench.core.experiment import DatasetSpec
 
             exp.datasets = [DatasetSpec(card=d) for d in datasets]
         if methods:
@@ -127,13 +127,13 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
 @click.option("--plugin", "plugins", multiple=True)
 def list_(what: str, plugins) -> None:
     """List registered methods, dataset cards (and whether their data is present), or profiles."""
-    from anomaly_bench.registry import METHODS, load_plugin
+    from anomaly_bench.core.registry import METHODS, load_plugin
 
     try:
         for p in plugins:
             load_plugin(p)
         if what in ("methods", "profiles"):
-            from anomaly_bench.config import method_yaml_path, read_yaml
+            from anomaly_bench.core.config import method_yaml_path, read_yaml
 
             for name in METHODS.names():
                 cls = METHODS.get(name)
@@ -158,7 +158,7 @@ def list_(what: str, plugins) -> None:
 @click.option("--threshold-rule", default="youden", type=click.Choice(["youden", "equal_error"]))
 def report(run_dir: str, html: bool, threshold_rule: str) -> None:
     """Rebuild tables and figures of RUN_DIR from its saved scores."""
-    from anomaly_bench.runner import build_reports
+    from anomaly_bench.harness.runner import build_reports
 
     try:
         build_reports(run_dir, threshold_rule, html=html)
@@ -199,8 +199,8 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
     """Check this code against the committed references: exact float64 checks, then the statistical run."""
     import json
 
-    from anomaly_bench import regress as rg
-    from anomaly_bench import regress_exact as rx
+    from anomaly_bench.harness import regress as rg
+    from anomaly_bench.harness import regress_exact as rx
 
     ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
     exact_path = Path(exact_reference) if exact_reference else rx.DEFAULT_EXACT_REFERENCE
@@ -210,8 +210,8 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
     problems: list[str] = []
     try:
         # everything is checked before anything is deleted or run
-        from anomaly_bench.experiment import load_experiment
-        from anomaly_bench.runner import versions
+        from anomaly_bench.core.experiment import load_experiment
+        from anomaly_bench.harness.runner import versions
 
         load_experiment(exp_path)
         wanted = {"all": ("exact", "statistical"), "exact": ("exact",), "statistical": ("statistical",)}[part]

@@ -208,7 +208,7 @@ def fit_check(args, dev: torch.device, gen: torch.Generator) -> float:
     """Whole ``fit`` on synthetic data (512 A + 512 B images) with a work folder: it/s, finite scores, resume."""
     import tempfile
 
-    from anomaly_bench.interface import FitContext, TrainSets
+    from anomaly_bench.core.interface import FitContext, TrainSets
 
     n = args.fit_iters
     params = dict(iterations=n, batch_size=args.batch, g_conv_dim=args.g_conv_dim, d_conv_dim=args.d_conv_dim,

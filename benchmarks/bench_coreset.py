@@ -109,7 +109,7 @@ def _embedding_without_anomalib(images: torch.Tensor, input_size: int, batch_siz
 
 def patchcore_embedding(images: torch.Tensor, input_size: int, batch_size: int, dev: torch.device) -> torch.Tensor:
     """The PatchCore embedding of our wrapper (tf_efficientnet_lite0 blocks.2+4, packaged weights)."""
-    from anomaly_bench.interface import FitContext
+    from anomaly_bench.core.interface import FitContext
     from anomaly_bench.methods.patchcore import Patchcore
 
     try:
@@ -158,7 +158,7 @@ def compare(emb: torch.Tensor, steps: int, ratio: float, full: bool, seed: int, 
 def fit_and_auc(args, root: Path, dev: torch.device) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from anomaly_bench.interface import FitContext, TrainSets
+    from anomaly_bench.core.interface import FitContext, TrainSets
     from anomaly_bench.methods.patchcore import Patchcore
 
     train_files = sorted(glob.glob(str(root / "Training" / "notumor" / "*.jpg")))[:args.images]

@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomaly_bench.config import method_params  # noqa: E402
+from anomaly_bench.core.config import method_params  # noqa: E402
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, TrainSets  # noqa: E402
+from anomaly_bench.core.registry import METHODS  # noqa: E402
 from anomaly_bench.data.phantom import generate_phantom  # noqa: E402
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets  # noqa: E402
-from anomaly_bench.registry import METHODS  # noqa: E402
 
 GAN_METHODS = ["medai_anomalypro", "alad", "alocc", "fanogan", "ganomaly", "autoencoder"]
 

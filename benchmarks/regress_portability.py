@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_bench.regress import GUARDED, KEY, build_reference, compare, read_run
+from anomaly_bench.harness.regress import GUARDED, KEY, build_reference, compare, read_run
 
 
 def held_out_values(metrics, seed: int) -> dict[str, float]:

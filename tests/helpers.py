@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly_bench.config import method_params
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.registry import get_method
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.registry import get_method
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def fit64(m: AnomalyMethod, train: TrainSets, ctx: FitContext | None = None) -> 
     Assertions on what a short training learned must use this: float32 last-bit differences between CPU kernel
     paths (AVX2 / AVX-512 ATen kernels, oneDNN, MKL) grow within a few dozen iterations into different models
     (ALOCC's smoke fit flags inverted contrast on one path and not on another), float64 ones stay ~1e-12."""
-    from anomaly_bench.regress_exact import float64_default
+    from anomaly_bench.harness.regress_exact import float64_default
 
     with float64_default():
         return m.fit(TrainSets(train.healthy.double(), None if train.mixed is None else train.mixed.double()), ctx)
@@ -95,7 +95,7 @@ def fit64(m: AnomalyMethod, train: TrainSets, ctx: FitContext | None = None) -> 
 
 def score64(m: AnomalyMethod, x: torch.Tensor) -> np.ndarray:
     """Scores of a :func:`fit64` model for ``x`` (in float64)."""
-    from anomaly_bench.regress_exact import float64_default
+    from anomaly_bench.harness.regress_exact import float64_default
 
     with float64_default():
         return m.score(x.double()).scores
@@ -181,8 +181,8 @@ def diverging_plugin_source(name: str) -> str:
     ``Diverging``, so a test can append subclasses)."""
     return (
         "import numpy as np\n"
-        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
-        "from anomaly_bench.registry import register_method\n"
+        "from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.core.registry import register_method\n"
         f"@register_method({name!r}, overwrite=True)\n"
         "class Diverging(AnomalyMethod):\n"
         "    def fit(self, train, ctx=None):\n"

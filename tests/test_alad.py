@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from anomaly_bench.config import method_params
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import FitContext, TrainSets
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
+from anomaly_bench.harness.trainer import EpochSampler, keep_bn_stats
 from anomaly_bench.methods.alad import (
     ALAD,
     build_networks,
@@ -21,8 +23,6 @@ from anomaly_bench.methods.alad import (
     generator_encoder_losses,
     stage_widths,
 )
-from anomaly_bench.nn.training import EpochSampler, keep_bn_stats
-from anomaly_bench.registry import get_method
 from helpers import (
     KillAfterResumeSave,
     Killed,
@@ -314,7 +314,7 @@ def test_scoring_uses_ema_weights_with_live_buffers():
 
 
 def test_non_finite_loss_raises_training_error():
-    from anomaly_bench.errors import TrainingError
+    from anomaly_bench.core.errors import TrainingError
 
     bad = three_blobs(16)
     bad[0, 0, 0, 0] = float("nan")

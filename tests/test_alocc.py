@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.config import method_params
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import FitContext, TrainSets
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
 from anomaly_bench.methods.alocc import (
     ALOCC,
     SameConv,
@@ -21,7 +22,6 @@ from anomaly_bench.methods.alocc import (
     tf_sigmoid_ce,
 )
 from anomaly_bench.nn.optim import TFRMSprop
-from anomaly_bench.registry import get_method
 from helpers import (
     KillAfterResumeSave,
     Killed,

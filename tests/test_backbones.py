@@ -6,7 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from anomaly_bench.errors import ConfigError
+from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.nn import backbones as bb
 
 # one thread: results do not depend on it; it keeps the tests fast on an oversubscribed 2-core runner

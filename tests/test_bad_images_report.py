@@ -7,8 +7,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from anomaly_bench.experiment import parse_experiment
-from anomaly_bench.runner import Runner
+from anomaly_bench.core.experiment import parse_experiment
+from anomaly_bench.harness.runner import Runner
 from conftest import EXAMPLE_PLUGIN
 
 
@@ -51,7 +51,7 @@ def test_skip_lists_the_bad_file_in_table_and_html(tmp_path):
 def test_error_mode_names_the_file_before_training(tmp_path):
     import pytest
 
-    from anomaly_bench.errors import DataError
+    from anomaly_bench.core.errors import DataError
 
     bad = _folders(tmp_path / "data")
     with pytest.raises(DataError) as ei:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from anomaly_bench.contract import check_method
-from anomaly_bench.registry import list_methods, load_plugin
+from anomaly_bench.core.registry import list_methods, load_plugin
+from anomaly_bench.harness.contract import check_method
 from conftest import EXAMPLE_PLUGIN
 
 load_plugin(str(EXAMPLE_PLUGIN))
@@ -18,7 +18,7 @@ def test_method_contract(name):
 def test_contract_catches_a_nondeterministic_method():
     import numpy as np
 
-    from anomaly_bench.interface import AnomalyMethod, ScoreResult
+    from anomaly_bench.core.interface import AnomalyMethod, ScoreResult
 
     class RandomScores(AnomalyMethod):  # not registered: the check takes a class too
         def fit(self, train, ctx=None):

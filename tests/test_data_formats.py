@@ -11,7 +11,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from anomaly_bench.config import REPO_DIR
+from anomaly_bench.core.config import REPO_DIR
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.loading import (
     guess_card,
     list_cards,
@@ -20,7 +21,6 @@ from anomaly_bench.data.loading import (
     resolve_root,
     root_present,
 )
-from anomaly_bench.errors import ConfigError, DataError
 
 SHARED = Path(os.environ.get("ANOMALY_BENCH_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

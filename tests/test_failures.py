@@ -7,17 +7,17 @@ import json
 import pandas as pd
 import pytest
 
-from anomaly_bench.errors import TrainingError
-from anomaly_bench.experiment import parse_experiment
-from anomaly_bench.interface import FitContext
-from anomaly_bench.runner import Runner
+from anomaly_bench.core.errors import TrainingError
+from anomaly_bench.core.experiment import parse_experiment
+from anomaly_bench.core.interface import FitContext
+from anomaly_bench.harness.runner import Runner
 from conftest import EXAMPLE_PLUGIN
 
 PLUGIN = '''
 import numpy as np
 import torch
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult
-from anomaly_bench.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult
+from anomaly_bench.core.registry import register_method
 
 @register_method("oom_once_for_test", overwrite=True)
 class OOMOnce(AnomalyMethod):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_bench.config import method_params
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.harness.trainer import ResumableBatchSampler
 from anomaly_bench.methods.fanogan import (
     Critic,
     Encoder,
@@ -24,7 +25,6 @@ from anomaly_bench.methods.fanogan import (
     tf_conv,
 )
 from anomaly_bench.nn.common import batch_stream
-from anomaly_bench.nn.training import ResumableBatchSampler
 from helpers import KillAfterResumeSave, Killed, checkerboard, fit64, one_blob, score64
 
 FAST = dict(dim=4, z_dim=16, batch_size=8, iterations=2, encoder_iterations=4, log_every=2)

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_bench.config import method_params
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, TrainSets
 from anomaly_bench.methods.ganomaly import (
     GANomaly,
     NetD,

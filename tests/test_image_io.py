@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data import cache as cache_mod
 from anomaly_bench.data import image_io
 from anomaly_bench.data.image_io import (
@@ -20,7 +21,6 @@ from anomaly_bench.data.image_io import (
     read_volume,
     to_model_range,
 )
-from anomaly_bench.errors import ConfigError, DataError
 
 
 def gradient(h: int = 40, w: int = 40) -> np.ndarray:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.config import method_params
-from anomaly_bench.errors import ConfigError, TrainingError
-from anomaly_bench.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import ConfigError, TrainingError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
+from anomaly_bench.harness.regress_exact import float64_default
 from anomaly_bench.methods.medai_anomalypro import (
     AnomalyProTrainer,
     Critic,
@@ -33,8 +35,6 @@ from anomaly_bench.methods.medai_anomalypro import (
     reference_train_step,
     split_head,
 )
-from anomaly_bench.registry import get_method
-from anomaly_bench.regress_exact import float64_default
 
 TINY = dict(iterations=24, batch_size=8, g_conv_dim=8, d_conv_dim=8, g_repeat_num=1, lr_decay_iters=8, log_every=4,
             resume_every=4, checkpoint_every=8, seed=0, device="cpu")

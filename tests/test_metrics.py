@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from anomaly_bench.metrics import (
+from anomaly_bench.evaluation.metrics import (
     IMAGE_METRICS,
     METRICS_COLUMNS,
     compute_metrics,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import FitContext, TrainSets
-from anomaly_bench.registry import get_method
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
 from helpers import check_lesion_scores, check_save_load, smooth_images
 
 SMALL = {"input_size": 64, "batch_size": 16}

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import TrainSets
-from anomaly_bench.registry import get_method
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import TrainSets
+from anomaly_bench.core.registry import get_method
 from helpers import check_lesion_scores, check_save_load, smooth_images, with_lesion
 
 SMALL = {"input_size": 64, "batch_size": 16, "coreset_sampling_ratio": 0.1}

@@ -13,10 +13,10 @@ import yaml
 from scipy.ndimage import binary_dilation
 from sklearn.metrics import roc_auc_score
 
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.registry import DATASET_FORMATS
 from anomaly_bench.data.phantom import LESION_TYPES, generate_phantom, phantom_arrays
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.registry import DATASET_FORMATS
 
 CARD = Path(__file__).resolve().parents[1] / "datasets" / "phantom.yaml"
 

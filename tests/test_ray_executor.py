@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 import anomaly_bench
 from anomaly_bench.cli import main
-from anomaly_bench.config import method_resources
-from anomaly_bench.errors import BenchError, ConfigError, DataError
-from anomaly_bench.executors import job_request, run_job_task
-from anomaly_bench.experiment import parse_experiment
-from anomaly_bench.registry import load_plugin
-from anomaly_bench.runner import Runner
+from anomaly_bench.core.config import method_resources
+from anomaly_bench.core.errors import BenchError, ConfigError, DataError
+from anomaly_bench.core.experiment import parse_experiment
+from anomaly_bench.core.registry import load_plugin
+from anomaly_bench.harness.executors import job_request, run_job_task
+from anomaly_bench.harness.runner import Runner
 from conftest import EXAMPLE_PLUGIN, REPO
 from helpers import diverging_plugin_source
 from test_runner import TINY_CARD

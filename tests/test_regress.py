@@ -8,7 +8,7 @@ import yaml
 from click.testing import CliRunner
 
 from anomaly_bench.cli import main
-from anomaly_bench.regress import compare, summarise
+from anomaly_bench.harness.regress import compare, summarise
 from conftest import EXAMPLE_PLUGIN
 
 TINY = {"name": "tinyreg", "format": "phantom", "image_size": 64,
@@ -74,8 +74,8 @@ def test_random_scores_fail_by_rank_correlation_even_when_auc_does_not_drop(tmp_
     """A method edited to score at random is caught by the per-image score check, with its AUC shown."""
     import numpy as np
 
-    from anomaly_bench.interface import ScoreResult
-    from anomaly_bench.registry import get_method
+    from anomaly_bench.core.interface import ScoreResult
+    from anomaly_bench.core.registry import get_method
 
     ref = tmp_path / "ref.json"
     assert _regress(tmp_path, ref, "--update").exit_code == 0
@@ -98,7 +98,7 @@ def test_random_scores_fail_by_rank_correlation_even_when_auc_does_not_drop(tmp_
 
 
 def test_rank_corr_and_score_sample():
-    from anomaly_bench.regress import rank_corr, score_sample
+    from anomaly_bench.harness.regress import rank_corr, score_sample
 
     old = {str(i): float(i) for i in range(50)}
     rho, n = rank_corr(old, {k: 2 * v + 1 for k, v in old.items()})
@@ -145,7 +145,7 @@ def _fake_run(values_by_seed, scores_by_seed, path="native"):
 def test_build_reference_pools_seeds_and_kernel_paths_and_keeps_the_rank_guard_only_where_scores_agree():
     import numpy as np
 
-    from anomaly_bench.regress import build_reference
+    from anomaly_bench.harness.regress import build_reference
 
     rng = np.random.default_rng(0)
     det = list(np.arange(20.0))

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from anomaly_bench.config import REPO_DIR
-from anomaly_bench.regress_exact import DEFAULT_EXACT_REFERENCE, compare_exact, run_exact
+from anomaly_bench.core.config import REPO_DIR
+from anomaly_bench.harness.regress_exact import DEFAULT_EXACT_REFERENCE, compare_exact, run_exact
 
 REFERENCE = json.loads(DEFAULT_EXACT_REFERENCE.read_text())
 # a kernel path other than this CPU's native one: ATen's portable kernels, oneDNN capped at AVX2, MKL's
@@ -41,7 +41,7 @@ def test_clean_code_matches_the_reference():
 
 def test_clean_code_matches_the_reference_under_another_kernel_path():
     """The same check in a fresh interpreter whose torch takes other SIMD kernels (set before torch loads)."""
-    code = ("import json; from anomaly_bench.regress_exact import *; "
+    code = ("import json; from anomaly_bench.harness.regress_exact import *; "
             "r = run_exact(methods=['alocc', 'fanogan'], datasets=['phantom'], echo=lambda *_: None); "
             "ref = json.loads(DEFAULT_EXACT_REFERENCE.read_text()); "
             "print(json.dumps(compare_exact(ref, r)[1]))")
@@ -81,7 +81,7 @@ def test_a_changed_default_hyper_parameter_fails(monkeypatch):
 
 
 def test_random_scores_fail(monkeypatch):
-    from anomaly_bench.interface import ScoreResult
+    from anomaly_bench.core.interface import ScoreResult
     from anomaly_bench.methods.autoencoder import Autoencoder
 
     rng = np.random.default_rng(0)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_bench.metrics import compute_metrics, pixel_metrics
-from anomaly_bench.report_html import choose_gallery_ids, write_html_report
-from anomaly_bench.reports import format_cell, latex_escape, write_reports
-from anomaly_bench.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.evaluation.metrics import compute_metrics, pixel_metrics
+from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.reporting.html import choose_gallery_ids, write_html_report
+from anomaly_bench.reporting.reports import format_cell, latex_escape, write_reports
 
 N_BOOT = 200
 METHODS = {"medai_anomalypro": 1.6, "padim": 1.0, "ganomaly": 0.5}  # effect size -> expected AUC order

@@ -9,9 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from anomaly_bench.cli import main
-from anomaly_bench.errors import BenchError
-from anomaly_bench.experiment import parse_experiment
-from anomaly_bench.runner import Runner
+from anomaly_bench.core.errors import BenchError
+from anomaly_bench.core.experiment import parse_experiment
+from anomaly_bench.harness.runner import Runner
 from conftest import EXAMPLE_PLUGIN
 from helpers import diverging_plugin_source
 
@@ -90,8 +90,8 @@ def test_fit_warnings_are_kept_in_job_json(tmp_path):
     plugin = tmp_path / "warner.py"
     plugin.write_text(
         "import numpy as np\n"
-        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
-        "from anomaly_bench.registry import register_method\n"
+        "from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.core.registry import register_method\n"
         "@register_method('warner_for_test', overwrite=True)\n"
         "class Warner(AnomalyMethod):\n"
         "    def fit(self, train, ctx=None):\n"

@@ -3,10 +3,10 @@ dataset cards. A typo in one of them (an unknown key, a wrong type) fails here, 
 
 import pytest
 
-from anomaly_bench.config import REPO_DIR, method_params, method_resources, read_yaml
+from anomaly_bench.core.config import REPO_DIR, method_params, method_resources, read_yaml
+from anomaly_bench.core.experiment import load_experiment
+from anomaly_bench.core.registry import get_method
 from anomaly_bench.data.loading import card_files, resolve_card
-from anomaly_bench.experiment import load_experiment
-from anomaly_bench.registry import get_method
 
 EXACT_CONFIG = REPO_DIR / "experiments" / "regression_exact.yaml"  # regress's exact checks, not an experiment
 EXPERIMENTS = sorted(p for p in (REPO_DIR / "experiments").glob("*.yaml") if p != EXACT_CONFIG)
@@ -25,7 +25,7 @@ def test_experiment_files_parse_with_at_least_one_seed_and_known_methods(path):
 
 
 def test_the_exact_regression_config_validates():
-    from anomaly_bench.regress_exact import load_exact_config
+    from anomaly_bench.harness.regress_exact import load_exact_config
 
     cfg = load_exact_config(EXACT_CONFIG)
     assert {"medai_anomalypro", "alad", "alocc", "fanogan", "ganomaly", "padim", "patchcore"} <= set(cfg["methods"])

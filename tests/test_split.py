@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import SplitConfig, make_split, read_manifest, write_manifest
-from anomaly_bench.errors import ConfigError, DataError
 
 
 def make_ds(n_subjects=120, slices=3, frac_diseased=0.4, dup_pairs=10, roles=None, seed=0):

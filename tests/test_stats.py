@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from anomaly_bench.stats import (
+from anomaly_bench.evaluation.stats import (
     _weighted_auc,
     bootstrap_auc_ci,
     bootstrap_aucs,

@@ -42,8 +42,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data import cache as cache_mod
-from anomaly_bench.errors import ConfigError, DataError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey-filled
 
@@ -104,7 +104,7 @@ class Preprocessing:
 
     @classmethod
     def from_card(cls, section: dict | None, where: str = "preprocessing") -> "Preprocessing":
-        from anomaly_bench.config import check_keys
+        from anomaly_bench.core.config import check_keys
 
         section = dict(section or {})
         check_keys(section, cls.keys(), where)

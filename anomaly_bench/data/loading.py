@@ -45,10 +45,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from anomaly_bench.config import REPO_DIR, check_keys, config_dirs, read_yaml
+from anomaly_bench.core.config import REPO_DIR, check_keys, config_dirs, read_yaml
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.image_io import ON_BAD_IMAGE, Preprocessing, decode_files
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError, DataError
 
 DEFAULT_DATA_PREFIX = "../shared/data"
 DATA_ROOT_ENV = "ANOMALY_BENCH_DATA_ROOT"
@@ -80,7 +80,7 @@ def card_files() -> list[Path]:
 
 
 def _format_loader(fmt: str) -> Callable:
-    from anomaly_bench.registry import DATASET_FORMATS
+    from anomaly_bench.core.registry import DATASET_FORMATS
 
     return DATASET_FORMATS.get(fmt)
 

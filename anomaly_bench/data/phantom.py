@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError
 
 LESION_TYPES = ("mass", "scattered", "ventriculomegaly")
 DEFAULTS: dict[str, Any] = {"n_subjects": 200, "slices_per_subject": 10, "size": 64, "diseased_fraction": 0.5,

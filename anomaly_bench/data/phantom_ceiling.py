@@ -35,7 +35,7 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.data.phantom import LESION_TYPES, phantom_arrays
-from anomaly_bench.metrics import subject_scores
+from anomaly_bench.evaluation.metrics import subject_scores
 
 SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly_bench.errors import DataError
+from anomaly_bench.core.errors import DataError
 
 HEALTHY, DISEASED = 0, 1
 

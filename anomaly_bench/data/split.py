@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError, DataError
 
 ROLES = ("test", "healthy", "mixed", "holdout_healthy", "holdout_mixed", "unused")
 

@@ -63,12 +63,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.registry import register_method
+from anomaly_bench.harness.trainer import (
+    EpochSampler,
+    IterationRun,
+    check_scorable,
+    cpu_state,
+    keep_bn_stats,
+    train_mode,
+)
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
-from anomaly_bench.nn.training import EpochSampler, IterationRun, check_scorable, cpu_state, keep_bn_stats, train_mode
-from anomaly_bench.registry import register_method
 
 LEAK = 0.2
 INIT_STD = 0.02

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.registry import register_method
 from anomaly_bench.nn.common import batch_stream, map_batches, seed_everything
-from anomaly_bench.registry import register_method
 
 
 class ConvAutoencoder(nn.Module):

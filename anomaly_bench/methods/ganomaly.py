@@ -51,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.registry import register_method
+from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
-from anomaly_bench.nn.training import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
-from anomaly_bench.registry import register_method
 
 # ---------------------------------------------------------------------------------------------------
 # Networks

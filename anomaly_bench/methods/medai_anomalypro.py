@@ -61,11 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
+from anomaly_bench.core.registry import register_method
+from anomaly_bench.harness.trainer import ResumableBatchSampler
 from anomaly_bench.nn.common import at_least_fp32, linear_decay_lambda, map_batches, seed_everything
-from anomaly_bench.nn.training import ResumableBatchSampler
-from anomaly_bench.registry import register_method
 
 log = logging.getLogger("anomaly_bench")
 
@@ -559,7 +559,7 @@ def reference_train_step(G: nn.Module, D: nn.Module, g_opt: torch.optim.Optimize
 # ============================================================================================== #
 
 class ResumableStream(ResumableBatchSampler):
-    """The shared resumable sampler (:class:`anomaly_bench.nn.training.ResumableBatchSampler`: the order of
+    """The shared resumable sampler (:class:`anomaly_bench.harness.trainer.ResumableBatchSampler`: the order of
     ``nn.common.batch_stream``, a ``torch.randperm`` per epoch from its own CPU generator, drop_last) yielding the
     batches themselves. The permutation is moved to the data's device once per epoch, so drawing a batch never
     syncs."""

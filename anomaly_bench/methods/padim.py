@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import FitContext, TrainSets
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import register_method
 from anomaly_bench.nn.anomalib_wrap import SHARED_CHOICES, SHARED_DEFAULTS, AnomalibWrapper
 from anomaly_bench.nn.common import seed_everything
-from anomaly_bench.registry import register_method
 
 
 @register_method("padim")

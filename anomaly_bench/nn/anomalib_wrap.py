@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult
 from anomaly_bench.nn.backbones import features_model, normalization
 from anomaly_bench.nn.common import at_least_fp32
 

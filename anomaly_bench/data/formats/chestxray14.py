@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.image_io import walk
 from anomaly_bench.data.loading import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"csv", "train_val_list", "test_list", "view_positions", "allow_missing_images"}
 COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, is_image_name, walk
 from anomaly_bench.data.loading import (
     HEALTHY_NAMES,
@@ -28,8 +30,6 @@ from anomaly_bench.data.loading import (
     subject_from_name,
 )
 from anomaly_bench.data.records import PREDEFINED_ROLES
-from anomaly_bench.errors import ConfigError, DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"ignore_unknown_classes", "roles_from_dirs", "subject_regex", "extensions"}
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.loading import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError, DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"train_list", "test_list", "train_dir", "test_dir", "pneumonia"}
 DISEASED = {"covid-19", "positive", "covid", "covid19"}

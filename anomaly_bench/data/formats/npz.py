@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.image_io import Preprocessing, pil_to_gray, preprocess, quantize, to_model_range
 from anomaly_bench.data.loading import limit_indices
 from anomaly_bench.data.records import PREDEFINED_ROLES, ImageDataset
-from anomaly_bench.errors import ConfigError, DataError
-from anomaly_bench.registry import register_format
 
 CARD_KEYS = {"file", "splits", "healthy_labels", "roles_from_splits"}
 DEFAULT_ROLES = {"train": "train", "val": "train", "test": "test"}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.registry import register_format
 from anomaly_bench.data.phantom import DEFAULTS, generate_phantom
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.registry import register_format
 
 
 def phantom_params(card: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from anomaly_bench.interface import AnomalyMethod
+from anomaly_bench.core.interface import AnomalyMethod
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import AnomalyMethod, FitContext
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import AnomalyMethod, FitContext
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Result tables (Markdown, LaTeX, CSV) and figures (ROC, PR, score distributions, map gallery) of a run.
 
 Entry point: :func:`write_reports` (the runner calls it after every run; ``anomaly-bench report`` rebuilds).
-:func:`write_html_report` (in :mod:`anomaly_bench.report_html`, re-exported here) bundles everything into one
+:func:`write_html_report` (in :mod:`anomaly_bench.reporting.html`, re-exported here) bundles everything into one
 self-contained ``report.html``.
 
 Conventions (stated again in the notes under every table):
@@ -13,10 +13,10 @@ Conventions (stated again in the notes under every table):
   rows have numbers;
 * ``AUC 95% CI``: CI of the seed-averaged AUC (the number in the AUC column) by stratified percentile bootstrap
   of the test images, the same resampled images for every seed
-  (:func:`anomaly_bench.stats.bootstrap_mean_auc_ci`); scores are never pooled across seeds, since
+  (:func:`anomaly_bench.evaluation.stats.bootstrap_mean_auc_ci`); scores are never pooled across seeds, since
   different seeds' scores live on different scales;
-* ``p vs <reference>``: DeLong's test (:func:`anomaly_bench.stats.delong_test`) of each row against the reference
-  row on the same images and the same seed, Holm-corrected over the rows of that block.
+* ``p vs <reference>``: DeLong's test (:func:`anomaly_bench.evaluation.stats.delong_test`) of each row against the
+  reference row on the same images and the same seed, Holm-corrected over the rows of that block.
 
 The seed paper's Table 1 layout (method, dataset, AUC, precision/specificity, F1) is ``table_paper.*``.
 """
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.metrics import GROUP_COLUMNS, METRICS_COLUMNS, compute_metrics, subject_scores
-from anomaly_bench.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.evaluation.metrics import GROUP_COLUMNS, METRICS_COLUMNS, compute_metrics, subject_scores
+from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
 
 log = logging.getLogger("anomaly_bench")
 
@@ -611,7 +611,7 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     if scores_df is None and (run_dir / "scores.csv").is_file():
         scores_df = read_scores_csv(run_dir / "scores.csv")
     if threshold_rule is None:
-        from anomaly_bench.report_html import _rule_from_experiment
+        from anomaly_bench.reporting.html import _rule_from_experiment
 
         threshold_rule = _rule_from_experiment(run_dir)
     if metrics_df is None:
@@ -644,11 +644,11 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     tables.full.to_csv(run_dir / "table_full.csv", index=False)
     written["table_full.csv"] = run_dir / "table_full.csv"
     if plots:
-        from anomaly_bench.report_html import write_figures
+        from anomaly_bench.reporting.html import write_figures
 
         written.update(write_figures(run_dir, tables, _normalise_scores(scores_df), n_gallery=n_gallery))
     if html:
-        from anomaly_bench.report_html import write_html_report
+        from anomaly_bench.reporting.html import write_html_report
 
         written["report.html"] = write_html_report(run_dir, tables=tables)
     return written
@@ -707,8 +707,8 @@ def read_scores_csv(path: str | Path) -> pd.DataFrame:
 
 
 def write_html_report(run_dir: str | Path, tables: Tables | None = None, **kwargs) -> Path:
-    """See :func:`anomaly_bench.report_html.write_html_report`."""
-    from anomaly_bench.report_html import write_html_report as _w
+    """See :func:`anomaly_bench.reporting.html.write_html_report`."""
+    from anomaly_bench.reporting.html import write_html_report as _w
 
     return _w(run_dir, tables=tables, **kwargs)
 

@@ -2,7 +2,7 @@
 
 Short GAN training is chaotic: last-bit differences between CPU kernel paths (AVX2 / AVX-512, oneDNN, MKL) grow
 over a few hundred iterations into different models, so end-of-training AUCs can only be compared statistically
-(:mod:`anomaly_bench.regress`). What *can* be compared exactly on any CPU is the computation itself:
+(:mod:`anomaly_bench.harness.regress`). What *can* be compared exactly on any CPU is the computation itself:
 
 * **methods**: every method of ``experiments/regression_exact.yaml`` is built with its ``ci`` profile (so a changed
   class default or profile value changes it), fitted for a few steps in float64 from its seeded initialisation on
@@ -30,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from anomaly_bench.config import REPO_DIR, check_keys, method_params, read_yaml
-from anomaly_bench.errors import ConfigError
+from anomaly_bench.core.config import REPO_DIR, check_keys, method_params, read_yaml
+from anomaly_bench.core.errors import ConfigError
 
 DEFAULT_EXACT_CONFIG = REPO_DIR / "experiments" / "regression_exact.yaml"
 DEFAULT_EXACT_REFERENCE = REPO_DIR / "results" / "reference" / "regression_exact.json"
@@ -63,10 +63,10 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
                        datasets: list[str] | None = None):
     """(name, dataset, split) of each dataset of the regression experiment whose data is present (and, with
     ``datasets``, that is named there; the others count as skipped)."""
+    from anomaly_bench.core.experiment import load_experiment
     from anomaly_bench.data.loading import resolve_card, root_present
     from anomaly_bench.data.split import make_split
-    from anomaly_bench.experiment import load_experiment
-    from anomaly_bench.runner import dataset_label, load_dataset_for, split_config_for
+    from anomaly_bench.harness.runner import dataset_label, load_dataset_for, split_config_for
 
     exp = load_experiment(experiment)
     out, skipped = [], []
@@ -95,7 +95,7 @@ def _fixed_images(ds, split, n_train: int, n_score: int) -> dict[str, np.ndarray
 
 
 def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: str):
-    from anomaly_bench.interface import TrainSets
+    from anomaly_bench.core.interface import TrainSets
 
     b, a = images[torch.as_tensor(idx["healthy"])], images[torch.as_tensor(idx["mixed"])]
     if train_sets == "healthy":
@@ -108,9 +108,9 @@ def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: st
 def exact_method_record(name: str, overrides: dict[str, Any], profile: str, images: torch.Tensor,
                         ids: list[str], idx: dict[str, np.ndarray]) -> dict[str, Any]:
     """Fit ``name`` (``profile`` + ``overrides``) in float64 on the fixed images; its parameters and scores."""
-    from anomaly_bench.interface import FitContext
+    from anomaly_bench.core.interface import FitContext
+    from anomaly_bench.core.registry import get_method
     from anomaly_bench.nn.common import seed_everything
-    from anomaly_bench.registry import get_method
 
     cls = get_method(name)
     params = method_params(name, profile, {**overrides, "seed": 0, "device": "cpu"})
@@ -144,7 +144,7 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     """The exact record of this code: splits of the regression experiment, float64 few-step scores per method
     (only ``methods`` / the splits of ``datasets`` when given; the method images always need the config's
     dataset)."""
-    from anomaly_bench.regress import DEFAULT_EXPERIMENT
+    from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
 
     cfg = load_exact_config(config)
     dataset = cfg.get("dataset", "phantom")

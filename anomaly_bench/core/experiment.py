@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomaly_bench.config import check_keys, read_yaml
-from anomaly_bench.errors import ConfigError
-from anomaly_bench.interface import TRAIN_SET_CHOICES
+from anomaly_bench.core.config import check_keys, read_yaml
+from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.interface import TRAIN_SET_CHOICES
 
 SETTINGS = ("inductive", "transductive")
 EXPERIMENT_KEYS = {"name", "profile", "seeds", "settings", "device", "threshold_rule", "datasets", "methods",

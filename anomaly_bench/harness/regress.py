@@ -1,7 +1,7 @@
 """Metric regression against committed references (``anomaly-bench regress``): exact where the computation
 is deterministic, statistical where it is chaotic.
 
-1. **Exact** (:mod:`anomaly_bench.regress_exact`, ``results/reference/regression_exact.json``): the regression
+1. **Exact** (:mod:`anomaly_bench.harness.regress_exact`, ``results/reference/regression_exact.json``): the regression
    experiment's splits (image ids per role) and, for every method, float64 scores after a few float64 training
    steps on fixed batches, to a relative tolerance of 1e-6. Float64 kernel differences between CPUs are ~1e-15,
    so this part holds on any CPU and catches a changed loss, sign, default, preprocessing, score formula or split.
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.config import REPO_DIR
+from anomaly_bench.core.config import REPO_DIR
 
 GUARDED = ("auc", "ap")
 SAMPLE_PER_GROUP = 200
@@ -221,7 +221,7 @@ def nonfinite_jobs(scores: pd.DataFrame) -> list[str]:
 def prepare_out(out: Path, fresh: bool) -> None:
     """Empty ``out`` for a fresh regression run, refusing a folder that is not one of ``regress``'s own or that a
     run is using (its ``.lock``): ``--out`` pointed at a wrong folder must never delete it."""
-    from anomaly_bench.errors import BenchError
+    from anomaly_bench.core.errors import BenchError
 
     if not fresh or not out.exists():
         return
@@ -243,9 +243,9 @@ def prepare_out(out: Path, fresh: bool) -> None:
 def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: str | None = None,
                    progress: bool = False, echo=print) -> tuple[pd.DataFrame, pd.DataFrame, dict, set[str]]:
     """Run the regression experiment; return (metrics, scores, run info, datasets skipped for lack of data)."""
+    from anomaly_bench.core.experiment import load_experiment
     from anomaly_bench.data.loading import resolve_card, root_present
-    from anomaly_bench.experiment import load_experiment
-    from anomaly_bench.runner import Runner
+    from anomaly_bench.harness.runner import Runner
 
     exp = load_experiment(experiment)
     skipped = set()
@@ -268,7 +268,7 @@ def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: 
 
 
 def read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    from anomaly_bench.errors import BenchError
+    from anomaly_bench.core.errors import BenchError
 
     missing = [f for f in ("metrics.csv", "scores.csv", "run.json") if not (run / f).is_file()]
     if missing:

@@ -20,7 +20,7 @@ A failed job (non-finite loss, out of memory, any exception) is recorded with it
 good checkpoint; the other jobs continue and the table marks the failure.
 
 Jobs run one after another in this process (``executor="local"``, the default) or as Ray tasks with the
-resources of their method profile (``executor="ray"``, see :mod:`anomaly_bench.executors`); the output
+resources of their method profile (``executor="ray"``, see :mod:`anomaly_bench.harness.executors`); the output
 folder is the same either way.
 """
 
@@ -44,15 +44,15 @@ import torch
 import yaml
 
 import anomaly_bench
-from anomaly_bench.config import REPO_DIR, method_params
-from anomaly_bench.cpu_info import cpu_info
+from anomaly_bench.core.config import REPO_DIR, method_params
+from anomaly_bench.core.errors import BenchError, ConfigError, DataError
+from anomaly_bench.core.experiment import DatasetSpec, Experiment, MethodSpec
+from anomaly_bench.core.interface import FitContext, TrainSets, resolve_device
+from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
-from anomaly_bench.errors import BenchError, ConfigError, DataError
-from anomaly_bench.experiment import DatasetSpec, Experiment, MethodSpec
-from anomaly_bench.interface import FitContext, TrainSets, resolve_device
+from anomaly_bench.harness.cpu_info import cpu_info
 from anomaly_bench.nn.common import seed_everything
-from anomaly_bench.registry import get_method, load_plugin
 
 SCORE_COLUMNS = ["dataset", "setting", "method", "selection", "seed", "id", "subject", "label", "score"]
 SETTING_ROLE = {"inductive": "test", "transductive": "mixed"}
@@ -177,7 +177,7 @@ class Runner:
     def __init__(self, exp: Experiment, out: str | Path, data_root: str | None = None, progress: bool = True,
                  echo: Callable[[str], None] = print, executor: str = "local", ray_address: str | None = None,
                  ray_gather: bool = False):
-        from anomaly_bench.executors import check_executor
+        from anomaly_bench.harness.executors import check_executor
 
         check_executor(executor)
         self.exp, self.out, self.data_root = exp, Path(out), data_root
@@ -219,7 +219,7 @@ class Runner:
                 (self.out / "splits" / f"{name}_duplicates.json").write_text(
                     json.dumps(ds.meta["duplicates"], indent=1, default=str))
             datasets.append((spec, ds))
-        from anomaly_bench.executors import PlannedJob, run_on_ray
+        from anomaly_bench.harness.executors import PlannedJob, run_on_ray
 
         planned: list[PlannedJob] = []
         for spec, ds in datasets:
@@ -373,7 +373,7 @@ class Runner:
         return frames, test_result
 
     def _select(self, model, ds, split, job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
-        from anomaly_bench.selection import select_checkpoint
+        from anomaly_bench.harness.selection import select_checkpoint
 
         hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")
         if len(hm) == 0 or len(hh) == 0:
@@ -407,7 +407,7 @@ class Runner:
     def _pixel_metrics(self, ds: ImageDataset, split: Split, res) -> dict | None:
         if res is None or res.maps is None or ds.masks is None:
             return None
-        from anomaly_bench.metrics import pixel_metrics
+        from anomaly_bench.evaluation.metrics import pixel_metrics
 
         masks = ds.masks[split.indices("test")]
         if not masks.any():
@@ -439,8 +439,8 @@ def collect_scores(out: Path) -> pd.DataFrame:
 
 def build_reports(out: str | Path, threshold_rule: str = "youden", html: bool = True) -> None:
     """(Re)build scores.csv, metrics.csv, tables and figures from the saved per-job scores."""
-    from anomaly_bench.metrics import compute_metrics
-    from anomaly_bench.reports import write_reports
+    from anomaly_bench.evaluation.metrics import compute_metrics
+    from anomaly_bench.reporting.reports import write_reports
 
     out = Path(out)
     scores = collect_scores(out)

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from anomaly_bench.errors import ConfigError
+from anomaly_bench.core.errors import ConfigError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
 
 
@@ -62,7 +62,7 @@ def method_params(name: str, profile: str | None = None, overrides: dict | None 
                   yaml_path: str | Path | None = None) -> dict[str, Any]:
     """Resolve a method's parameters: class defaults ← YAML ``params`` ← YAML ``profiles[profile]``
     ← ``overrides``. Every key is validated against the class's schema."""
-    from anomaly_bench.registry import get_method
+    from anomaly_bench.core.registry import get_method
 
     cls = get_method(name)
     path = Path(yaml_path) if yaml_path else method_yaml_path(name)
@@ -101,7 +101,7 @@ def method_resources(name: str, profile: str | None = None, yaml_path: str | Pat
     res = (read_yaml(path).get("resources") or {}) if path is not None else {}
     where = f"{path}: resources"
     if not res:
-        from anomaly_bench.registry import get_method
+        from anomaly_bench.core.registry import get_method
 
         res = getattr(get_method(name), "resources", None) or {}
         where = f"method '{name}' (class attribute resources)"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.reports import (
+from anomaly_bench.reporting.reports import (
     FAILED,
     Tables,
     _level_arrays,
@@ -88,7 +88,7 @@ def _palette(labels: list[str], row_method: dict[str, str]) -> dict[str, tuple]:
 
 
 def _row_keys(tables: Tables, scores: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    from anomaly_bench.reports import row_label
+    from anomaly_bench.reporting.reports import row_label
 
     pairs = scores[["method", "selection"]].drop_duplicates().itertuples(index=False)
     keys = {row_label(m, s): (m, s) for m, s in pairs}
@@ -411,7 +411,7 @@ def _tables_html(tables: Tables) -> str:
         parts.append(_table_html(["Method"] + [h for _, h in b.columns], rows))
     parts.append('<ul class="notes">' + "".join(f"<li>{_esc(n)}</li>" for n in tables.notes) + "</ul>")
     if len(tables.paper):
-        from anomaly_bench.reports import PAPER_HEADERS, _paper_rows
+        from anomaly_bench.reporting.reports import PAPER_HEADERS, _paper_rows
 
         parts.append("<h3>Layout of the seed paper's Table 1</h3>")
         parts.append(_table_html(list(PAPER_HEADERS), [[(c, False) for c in r] for r in _paper_rows(tables)]))
@@ -448,7 +448,7 @@ def _config_html(run_dir: Path) -> str:
 
 def _data_html(run_dir: Path) -> str:
     """Per dataset: size, fingerprint, duplicate groups, and the images left out (on_bad_image: skip)."""
-    from anomaly_bench.reports import data_note_summary, data_notes
+    from anomaly_bench.reporting.reports import data_note_summary, data_notes
 
     out = []
     for n in data_notes(run_dir):
@@ -509,7 +509,7 @@ def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_bo
     """Write ``run_dir/report.html``: configuration, job status, tables, figures (base64), one file.
 
     Without ``tables`` they are rebuilt from ``metrics.csv`` (and ``scores.csv`` for CIs and p-values); missing
-    figures are not drawn here (run :func:`anomaly_bench.reports.write_reports` first).
+    figures are not drawn here (run :func:`anomaly_bench.reporting.reports.write_reports` first).
     """
     run_dir = Path(run_dir)
     jobs = read_jobs(run_dir)

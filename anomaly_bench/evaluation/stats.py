@@ -24,7 +24,7 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from anomaly_bench.metrics import _as_binary_labels, _check_two_classes
+from anomaly_bench.evaluation.metrics import _as_binary_labels, _check_two_classes
 
 
 # --------------------------------------------------------------------------------------------- bootstrap

@@ -3,7 +3,7 @@
 
 With Ray, every (dataset, method, seed) job that is not finished already becomes one Ray task that asks for
 the resources its method profile declares (``resources:`` in ``methods/<name>.yaml``, see
-:func:`anomaly_bench.config.method_resources`): ``num_cpus`` (the task's torch thread count), ``num_gpus``
+:func:`anomaly_bench.core.config.method_resources`): ``num_cpus`` (the task's torch thread count), ``num_gpus``
 and ``memory``. The driver (the ``anomaly-bench run`` process) keeps everything else exactly as the local
 executor does: the lock on the output folder, the data check, the split manifests, ``run.json`` and the
 report, so ``report`` and ``regress`` cannot tell the two apart.
@@ -37,14 +37,14 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_bench.config import method_resources
-from anomaly_bench.errors import BenchError, ConfigError, DataError
+from anomaly_bench.core.config import method_resources
+from anomaly_bench.core.errors import BenchError, ConfigError, DataError
 
 if TYPE_CHECKING:
+    from anomaly_bench.core.experiment import DatasetSpec, Experiment
     from anomaly_bench.data.records import ImageDataset
     from anomaly_bench.data.split import Split
-    from anomaly_bench.experiment import DatasetSpec, Experiment
-    from anomaly_bench.runner import Job, Runner
+    from anomaly_bench.harness.runner import Job, Runner
 
 EXECUTORS = ("local", "ray")
 TOKEN_FILE = ".ray_run"  # written by the driver into the output folder: a worker that reads it shares the folder
@@ -106,7 +106,7 @@ _LOADED: dict[str, Any] = {}  # the dataset a worker process loaded last: {"key"
 
 
 def _dataset_in_worker(spec: DatasetSpec, exp: Experiment, data_root: str | None) -> tuple[ImageDataset, str]:
-    from anomaly_bench.runner import load_dataset_for
+    from anomaly_bench.harness.runner import load_dataset_for
 
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     key = json.dumps([dataclasses.asdict(spec), data_root, exp.data_root, env], sort_keys=True, default=str)
@@ -122,7 +122,7 @@ def run_job_task(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import anomaly_bench
-    from anomaly_bench.runner import Job, Runner
+    from anomaly_bench.harness.runner import Job, Runner
 
     t0 = time.time()
     saved_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
@@ -246,7 +246,7 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
 
 def run_on_ray(runner: Runner, planned: list[PlannedJob], info: dict[str, Any]) -> list[str]:
     """Run the planned jobs as Ray tasks; returns the failed jobs (``dataset/method/seed<k>``) in grid order."""
-    from anomaly_bench.runner import _fmt_s
+    from anomaly_bench.harness.runner import _fmt_s
 
     ray = import_ray()
     exp, echo = runner.exp, runner.echo

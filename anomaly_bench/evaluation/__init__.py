@@ -1,0 +1,1 @@
+"""Scores to numbers: metrics and the statistics behind intervals and tests."""
