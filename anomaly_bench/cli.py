@@ -14,6 +14,7 @@ DEFAULT_EXPERIMENT = "default"
 
 
 def _experiment_path(name: str) -> Path:
+    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.core.config import REPO_DIR
 
     p = Path(name)
@@ -63,8 +64,9 @@ def main(verbose: bool) -> None:
 def run(config, datasets, methods, profile, seeds, settings, device, out, plugins, data_root, image_size,
         on_bad_image, train_sets, no_progress, executor, ray_address) -> None:
     """Train and score every (dataset, method, seed) job; write tables and plots. Resumes if interrupted."""
+    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.core.config import read_yaml
-    from anomaly_bench.core.experiment import MethodSpec, parse_experiment
+    from anomaly_bench.core.experiment import DatasetSpec, MethodSpec, parse_experiment
     from anomaly_bench.core.registry import list_methods, load_plugin
     from anomaly_bench.harness.runner import Runner
 
@@ -76,8 +78,6 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
         exp = parse_experiment(data, where=str(path))
         exp.plugins = list(dict.fromkeys([*exp.plugins, *plugins]))
         if datasets:
-            from anomaly_bench.core.experiment import DatasetSpec
-
             exp.datasets = [DatasetSpec(card=d) for d in datasets]
         if methods:
             by_key = {m.key: m for m in exp.methods}
@@ -127,14 +127,15 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
 @click.option("--plugin", "plugins", multiple=True)
 def list_(what: str, plugins) -> None:
     """List registered methods, dataset cards (and whether their data is present), or profiles."""
+    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
+    from anomaly_bench.core.config import method_yaml_path, read_yaml
     from anomaly_bench.core.registry import METHODS, load_plugin
+    from anomaly_bench.data.loading import list_cards
 
     try:
         for p in plugins:
             load_plugin(p)
         if what in ("methods", "profiles"):
-            from anomaly_bench.core.config import method_yaml_path, read_yaml
-
             for name in METHODS.names():
                 cls = METHODS.get(name)
                 path = method_yaml_path(name)
@@ -143,8 +144,6 @@ def list_(what: str, plugins) -> None:
                 click.echo(f"{name:20s} trains on {cls.default_train_sets:14s} profiles {','.join(profs):22s} "
                            f"{doc}")
         else:
-            from anomaly_bench.data.loading import list_cards
-
             for c in list_cards():
                 mark = click.style("present", fg="green") if c["present"] else click.style("absent ", fg="yellow")
                 click.echo(f"{c['name']:24s} {c['format']:14s} {mark} {c.get('root') or '(embedded)'}")
@@ -158,6 +157,7 @@ def list_(what: str, plugins) -> None:
 @click.option("--threshold-rule", default="youden", type=click.Choice(["youden", "equal_error"]))
 def report(run_dir: str, html: bool, threshold_rule: str) -> None:
     """Rebuild tables and figures of RUN_DIR from its saved scores."""
+    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.harness.runner import build_reports
 
     try:
@@ -199,6 +199,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
     """Check this code against the committed references: exact float64 checks, then the statistical run."""
     import json
 
+    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.harness import regress as rg
     from anomaly_bench.harness import regress_exact as rx
 
@@ -210,6 +211,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
     problems: list[str] = []
     try:
         # everything is checked before anything is deleted or run
+        # lazy: the harness loads only for the command that runs
         from anomaly_bench.core.experiment import load_experiment
         from anomaly_bench.harness.runner import versions
 

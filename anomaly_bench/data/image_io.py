@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
+from anomaly_bench.core.config import check_keys
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data import cache as cache_mod
 
@@ -104,8 +105,6 @@ class Preprocessing:
 
     @classmethod
     def from_card(cls, section: dict | None, where: str = "preprocessing") -> "Preprocessing":
-        from anomaly_bench.core.config import check_keys
-
         section = dict(section or {})
         check_keys(section, cls.keys(), where)
         if "max_aspect" in section and isinstance(section["max_aspect"], int):

@@ -36,18 +36,20 @@ consumes the first for exact duplicate detection.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from anomaly_bench.core.config import REPO_DIR, check_keys, config_dirs, read_yaml
 from anomaly_bench.core.errors import ConfigError, DataError
-from anomaly_bench.data.image_io import ON_BAD_IMAGE, Preprocessing, decode_files
+from anomaly_bench.core.registry import DATASET_FORMATS
+from anomaly_bench.data import cache as cache_mod
+from anomaly_bench.data.dedup import DEFAULT_HAMMING, find_duplicates
+from anomaly_bench.data.format_tools import HEALTHY_NAMES, guess_classes
+from anomaly_bench.data.image_io import NIFTI_EXTENSIONS, ON_BAD_IMAGE, Preprocessing
 from anomaly_bench.data.records import ImageDataset
 
 DEFAULT_DATA_PREFIX = "../shared/data"
@@ -62,10 +64,6 @@ SPLIT_KEYS = {"test_size", "test_diseased_fraction", "mixed_size", "mixed_diseas
               "mixed_healthy", "healthy_size", "holdout_fraction", "use_predefined_roles", "manifest"}
 DEDUP_KEYS = {"enabled", "near", "hamming"}
 CLASSES_KEYS = {"healthy", "diseased"}
-#: Folder names guessed as healthy when a raw folder is given (case-insensitive).
-HEALTHY_NAMES = {"normal", "notumor", "no_tumor", "healthy", "neg", "negative", "no_finding", "good"}
-#: Top-level folder names treated as split folders (not classes) when guessing a raw folder's classes.
-SPLIT_DIR_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation"}
 
 
 # ------------------------------------------------------------------------------------------------ cards
@@ -80,8 +78,6 @@ def card_files() -> list[Path]:
 
 
 def _format_loader(fmt: str) -> Callable:
-    from anomaly_bench.core.registry import DATASET_FORMATS
-
     return DATASET_FORMATS.get(fmt)
 
 
@@ -134,8 +130,6 @@ def check_image_size(size: Any, where: str) -> int:
 
 def dedup_settings(card: dict[str, Any], where: str = "card") -> dict[str, Any]:
     """``{"enabled", "near", "hamming"}`` from the card's ``dedup`` (default: on, except for the phantom)."""
-    from anomaly_bench.data.dedup import DEFAULT_HAMMING
-
     raw = card.get("dedup", card.get("format") != "phantom")
     out = {"enabled": True, "near": True, "hamming": DEFAULT_HAMMING}
     if isinstance(raw, bool):
@@ -197,9 +191,6 @@ def guess_card(path: Path) -> dict[str, Any]:
         return {**card, "format": "covidx"}
     if list(path.glob("Data_Entry_2017*.csv")):
         return {**card, "format": "chestxray14"}
-    from anomaly_bench.data.formats.class_folder import guess_classes
-    from anomaly_bench.data.image_io import NIFTI_EXTENSIONS
-
     healthy, diseased = guess_classes(path, NIFTI_EXTENSIONS)
     fmt = "brain_subjects" if healthy or diseased else "class_folder"
     if fmt == "class_folder":
@@ -320,9 +311,6 @@ def cached_duplicates(ds: ImageDataset, file_sha: list[str] | None, settings: di
     pixels themselves are hashed."""
     import hashlib
 
-    from anomaly_bench.data import cache as cache_mod
-    from anomaly_bench.data.dedup import find_duplicates
-
     h = hashlib.sha256()
     if file_sha is not None:
         h.update("\n".join(file_sha).encode())
@@ -361,74 +349,3 @@ def list_cards() -> list[dict[str, Any]]:
             rows.append({"name": f.stem, "format": "?", "root": None, "present": False, "description": "",
                          "error": str(exc)})
     return rows
-
-
-# ------------------------------------------------------------------------------------ helpers for loaders
-def build_from_files(card: dict[str, Any], root: Path, files: Sequence[Path], labels: Sequence[int], *,
-                     ids: Sequence[str], subjects: Sequence[str] | None = None,
-                     roles: Sequence[str] | None = None, classes: Sequence[str] | None = None,
-                     meta: dict[str, Any] | None = None) -> ImageDataset:
-    """Decode ``files`` (through the cache) and build the dataset, dropping skipped files from every list."""
-    name = card.get("name", "dataset")
-    if not files:
-        raise DataError(f"dataset '{name}': no image files found under {root}; check the root and the card")
-    dec = decode_files(files, card["image_size"], Preprocessing.from_card(card.get("preprocessing")),
-                       on_bad_image=card.get("on_bad_image", "error"), cache=card.get("_cache", True),
-                       desc=name, relative_to=root)
-    k = dec.kept
-
-    def pick(v):
-        return None if v is None else [v[i] for i in k]
-
-    if len(k) == 0:
-        raise DataError(f"dataset '{name}': all {len(files)} image files were unreadable, e.g. "
-                        f"{dec.skipped[0][0]}: {dec.skipped[0][1]}")
-    ds = ImageDataset(name, torch.from_numpy(dec.images()), np.asarray(labels)[k], pick(list(ids)),
-                      pick(list(subjects)) if subjects is not None else None, None,
-                      np.asarray(pick(list(roles)), dtype=object) if roles is not None else None, None,
-                      pick(list(classes)) if classes is not None else None,
-                      {**(meta or {}), "skipped_images": dec.skipped, "file_sha256": dec.sha256})
-    return ds
-
-
-def limit_indices(keys: Sequence[Any], limit: int | None) -> np.ndarray:
-    """Indices keeping at most ``limit`` items per key, evenly spaced through each key's items (so a subset
-    still spans e.g. both Training/ and Testing/); all indices when ``limit`` is None."""
-    keys = list(keys)
-    if not limit:
-        return np.arange(len(keys))
-    by: dict[Any, list[int]] = {}
-    for i, kk in enumerate(keys):
-        by.setdefault(kk, []).append(i)
-    out: list[int] = []
-    for idx in by.values():
-        if len(idx) > limit:
-            pos = np.linspace(0, len(idx) - 1, limit).round().astype(int)
-            idx = [idx[p] for p in pos]
-        out.extend(idx)
-    return np.sort(np.asarray(out, dtype=np.int64))
-
-
-def compile_subject_patterns(patterns: str | Sequence[str] | None, where: str) -> list[re.Pattern]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    out = []
-    for p in patterns:
-        try:
-            out.append(re.compile(p))
-        except re.error as exc:
-            raise ConfigError(f"{where}: subject_regex {p!r} is not a valid regular expression ({exc})") from None
-    return out
-
-
-def subject_from_name(name: str, patterns: Sequence[re.Pattern]) -> str | None:
-    """First pattern that matches (``re.search``) gives the subject: its captured groups joined by ``_``
-    (or the whole match when it has no group); ``None`` when none matches."""
-    for pat in patterns:
-        m = pat.search(name)
-        if m:
-            groups = [g for g in m.groups() if g is not None]
-            return "_".join(groups) if groups else m.group(0)
-    return None

@@ -3,7 +3,7 @@
 Every registered method, plugins included, must pass :func:`check_method`. A plugin author runs it in
 their own tests::
 
-    from anomaly_bench.harness.contract import check_method
+    from anomaly_bench.contract import check_method
     check_method("my_method")            # the registered name (profile 'smoke' by default)
 
 It trains the method twice on a tiny phantom set (64 px) and checks, with messages that say what broke:
@@ -25,12 +25,11 @@ from anomaly_bench.core.config import method_params
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import get_method
+from anomaly_bench.data.phantom import generate_phantom
 
 
 def tiny_data(size: int = 64, seed: int = 0) -> tuple[TrainSets, torch.Tensor]:
     """16 healthy + 16 mixed training slices and 12 test slices from the phantom."""
-    from anomaly_bench.data.phantom import generate_phantom
-
     ds = generate_phantom(n_subjects=22, slices_per_subject=2, size=size, diseased_fraction=0.5, seed=seed)
     h = np.flatnonzero(ds.labels == 0)
     d = np.flatnonzero(ds.labels == 1)

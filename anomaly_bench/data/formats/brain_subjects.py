@@ -28,6 +28,7 @@ import torch
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import register_format
 from anomaly_bench.data import cache as cache_mod
+from anomaly_bench.data.format_tools import limit_indices
 from anomaly_bench.data.formats.class_folder import relative_id, scan_classes
 from anomaly_bench.data.image_io import (
     BAD_IMAGE_FIX,
@@ -41,7 +42,6 @@ from anomaly_bench.data.image_io import (
     to_model_range,
     walk,
 )
-from anomaly_bench.data.loading import limit_indices
 from anomaly_bench.data.records import ImageDataset
 
 CARD_KEYS = {"labels_csv", "slice_range", "slice_axis", "clip_percentiles", "subject_separator", "extensions",

@@ -18,9 +18,9 @@ import numpy as np
 
 from anomaly_bench.core.errors import DataError
 from anomaly_bench.core.registry import register_format
+from anomaly_bench.data.format_tools import build_from_files, limit_indices
 from anomaly_bench.data.formats.class_folder import relative_id
 from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, is_image_name
-from anomaly_bench.data.loading import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
 
 CARD_KEYS = {"subject_separator", "extensions"}

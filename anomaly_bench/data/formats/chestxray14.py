@@ -19,8 +19,8 @@ import numpy as np
 
 from anomaly_bench.core.errors import DataError
 from anomaly_bench.core.registry import register_format
+from anomaly_bench.data.format_tools import build_from_files, limit_indices
 from anomaly_bench.data.image_io import walk
-from anomaly_bench.data.loading import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
 
 CARD_KEYS = {"csv", "train_val_list", "test_list", "view_positions", "allow_missing_images"}

@@ -20,44 +20,23 @@ import numpy as np
 
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import register_format
-from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, is_image_name, walk
-from anomaly_bench.data.loading import (
-    HEALTHY_NAMES,
-    SPLIT_DIR_NAMES,
+from anomaly_bench.data.format_tools import (
     build_from_files,
     compile_subject_patterns,
     limit_indices,
     subject_from_name,
+    walk_files,
 )
+from anomaly_bench.data.image_io import IMAGE_EXTENSIONS
 from anomaly_bench.data.records import PREDEFINED_ROLES
 
 CARD_KEYS = {"ignore_unknown_classes", "roles_from_dirs", "subject_regex", "extensions"}
-
-
-def walk_files(root: Path, extensions: tuple[str, ...]) -> dict[Path, list[str]]:
-    """``{folder: [image file paths (str) directly in it]}`` for every folder under ``root`` (sorted, hidden
-    skipped). File paths stay strings: pathlib costs more than the walk itself on 100k files."""
-    return {Path(d): [os.path.join(d, f) for f in files if is_image_name(f, extensions)] for d, files in walk(root)}
 
 
 def relative_id(path: str | Path, root: Path) -> str:
     """``path`` relative to ``root`` as a posix string (string slicing: pathlib is slow on 100k files)."""
     s, base = os.fspath(path), os.fspath(root).rstrip(os.sep) + os.sep
     return (s[len(base):] if s.startswith(base) else s).replace(os.sep, "/")
-
-
-def guess_classes(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[str], list[str]]:
-    """Class folder names under a raw folder: healthy ones by name (:data:`HEALTHY_NAMES`), others diseased.
-    Classes are the top-level folders, or the second level below split folders (train/, Testing/, ...)."""
-    names: set[str] = set()
-    for d, files in walk_files(Path(root), extensions).items():
-        if not files or d == root:
-            continue
-        parts = d.relative_to(root).parts
-        level = 1 if parts[0].lower() in SPLIT_DIR_NAMES and len(parts) > 1 else 0
-        names.add(parts[level])
-    healthy = sorted(n for n in names if n.lower() in HEALTHY_NAMES)
-    return healthy, sorted(names - set(healthy))
 
 
 def scan_classes(card: dict[str, Any], root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS

@@ -20,7 +20,7 @@ import numpy as np
 
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import register_format
-from anomaly_bench.data.loading import build_from_files, limit_indices
+from anomaly_bench.data.format_tools import build_from_files, limit_indices
 from anomaly_bench.data.records import ImageDataset
 
 CARD_KEYS = {"train_list", "test_list", "train_dir", "test_dir", "pneumonia"}

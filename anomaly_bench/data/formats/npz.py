@@ -21,8 +21,8 @@ import torch
 
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import register_format
+from anomaly_bench.data.format_tools import limit_indices
 from anomaly_bench.data.image_io import Preprocessing, pil_to_gray, preprocess, quantize, to_model_range
-from anomaly_bench.data.loading import limit_indices
 from anomaly_bench.data.records import PREDEFINED_ROLES, ImageDataset
 
 CARD_KEYS = {"file", "splits", "healthy_labels", "roles_from_splits"}
