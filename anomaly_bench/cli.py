@@ -14,12 +14,12 @@ DEFAULT_EXPERIMENT = "default"
 
 
 def _experiment_path(name: str) -> Path:
-    from anomaly_bench.core.config import REPO_DIR
+    from anomaly_bench.core.config import shipped_path
 
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    return REPO_DIR / "experiments" / f"{name}.yaml"
+    return shipped_path(Path("experiments") / f"{name}.yaml")  # the checkout's, else the installed wheel's
 
 
 def _fail(exc: Exception) -> None:
