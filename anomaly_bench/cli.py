@@ -8,19 +8,17 @@ from pathlib import Path
 
 import click
 
+from anomaly_bench.core.config import shipped_path
 from anomaly_bench.core.errors import BenchError
 
 DEFAULT_EXPERIMENT = "default"
 
 
 def _experiment_path(name: str) -> Path:
-    # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
-    from anomaly_bench.core.config import REPO_DIR
-
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    return REPO_DIR / "experiments" / f"{name}.yaml"
+    return shipped_path(Path("experiments") / f"{name}.yaml")  # the checkout's, else the installed wheel's
 
 
 def _fail(exc: Exception) -> None:

@@ -12,14 +12,32 @@ from anomaly_bench.core.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
+#: Where an installed wheel keeps the repository's top-level ``methods/``, ``datasets/``, ``experiments/`` and
+#: ``results/reference/`` (same relative paths; setup.py copies them there when the wheel is built).
+SHIPPED_DIR = PACKAGE_DIR / "_shipped"
+
+
+def checkout_dir() -> Path | None:
+    """The repository checkout this package runs from (editable install, PYTHONPATH), or None when it is an
+    installed wheel (its parent folder is then site-packages, which may hold unrelated ``datasets/`` etc.)."""
+    return REPO_DIR if (REPO_DIR / "pyproject.toml").is_file() else None
+
+
+def shipped_path(rel: str | Path) -> Path:
+    """A file or folder that ships with anomaly-bench, by its path in the repository (``methods``,
+    ``experiments/default.yaml``, ``results/reference/regression.json``): in the checkout when running from one,
+    else in the installed package (``SHIPPED_DIR``)."""
+    base = checkout_dir()
+    return (base if base is not None else SHIPPED_DIR) / rel
 
 
 def config_dirs(kind: str) -> list[Path]:
     """Where ``methods/`` or ``datasets/`` YAML files are looked up: ``$ANOMALY_BENCH_<KIND>_DIR``
-    (os.pathsep-separated), then the repository's top-level folder."""
+    (os.pathsep-separated), then the repository's top-level folder, or for an installed wheel the copy it
+    carries (:func:`shipped_path`)."""
     env = os.environ.get(f"ANOMALY_BENCH_{kind.upper()}_DIR")
     dirs = [Path(p) for p in env.split(os.pathsep)] if env else []
-    return dirs + [REPO_DIR / kind]
+    return dirs + [shipped_path(kind)]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -47,11 +65,30 @@ def check_keys(data: dict, allowed: set[str] | dict, where: str, required: set[s
         raise ConfigError(f"{where}: missing required key(s) {missing}")
 
 
+def is_builtin_method(name: str) -> bool:
+    """True for a method registered by ``anomaly_bench.methods`` (not by a plugin)."""
+    from anomaly_bench.core.registry import METHODS
+
+    return name in METHODS.names() and METHODS.get(name).__module__.startswith(METHODS.builtin_package + ".")
+
+
 def method_yaml_path(name: str) -> Path | None:
-    for d in config_dirs("methods"):
+    """The method's YAML file (first found in :func:`config_dirs`). None for a plugin that ships none (its class
+    attributes ``profiles``/``resources`` are then its configuration); for a built-in method a missing file is a
+    :class:`ConfigError` naming where it was looked for, never a silent fall-back to the class defaults (the paper
+    schedule: days of training where ``smoke`` was asked for)."""
+    dirs = config_dirs("methods")
+    for d in dirs:
         p = d / f"{name}.yaml"
         if p.is_file():
             return p
+    if is_builtin_method(name):
+        looked = ", ".join(str(d / f"{name}.yaml") for d in dirs)
+        raise ConfigError(
+            f"method '{name}': its profile file {name}.yaml was not found (looked for {looked}). It ships with "
+            f"anomaly-bench (methods/{name}.yaml in the repository, anomaly_bench/_shipped/methods/ in an installed "
+            f"wheel): reinstall the package from a complete checkout or wheel, or set ANOMALY_BENCH_METHODS_DIR to a "
+            f"folder that holds {name}.yaml")
     return None
 
 

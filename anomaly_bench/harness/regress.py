@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.core.config import REPO_DIR
+from anomaly_bench.core.config import shipped_path
 
 GUARDED = ("auc", "ap")
 SAMPLE_PER_GROUP = 200
@@ -43,8 +43,8 @@ DEFAULT_K = 4.0        # tolerance = max(floor, k * sd of the reference's sample
 FIXED_SEED_AGREEMENT = 0.002  # AUC/AP spread across kernel paths at one seed below which a method is deterministic
 DETERMINISTIC_RHO = 0.99  # rank guard only where the reference runs' seed-0 scores agree at least this well
 SCORE_KEY = ["dataset", "setting", "method", "selection", "seed"]
-DEFAULT_REFERENCE = REPO_DIR / "results" / "reference" / "regression.json"
-DEFAULT_EXPERIMENT = REPO_DIR / "experiments" / "regression.yaml"
+DEFAULT_REFERENCE = shipped_path("results/reference/regression.json")  # the checkout's, else the installed wheel's
+DEFAULT_EXPERIMENT = shipped_path("experiments/regression.yaml")
 KEY = ["dataset", "setting", "method", "selection", "level", "metric"]
 
 

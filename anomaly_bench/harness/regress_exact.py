@@ -30,11 +30,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from anomaly_bench.core.config import REPO_DIR, check_keys, method_params, read_yaml
+from anomaly_bench.core.config import check_keys, method_params, read_yaml, shipped_path
 from anomaly_bench.core.errors import ConfigError
 
-DEFAULT_EXACT_CONFIG = REPO_DIR / "experiments" / "regression_exact.yaml"
-DEFAULT_EXACT_REFERENCE = REPO_DIR / "results" / "reference" / "regression_exact.json"
+DEFAULT_EXACT_CONFIG = shipped_path("experiments/regression_exact.yaml")  # the checkout's, else the installed wheel's
+DEFAULT_EXACT_REFERENCE = shipped_path("results/reference/regression_exact.json")
 CONFIG_KEYS = {"name", "profile", "dataset", "n_train", "n_score", "rtol", "methods"}
 
 
