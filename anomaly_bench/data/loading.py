@@ -20,7 +20,8 @@ path whose format is guessed (``.npz`` -> npz; a folder with ``train/pos`` -> br
 otherwise class_folder with healthy classes guessed from their names, the mapping printed to stderr). A bare
 name is always a card name; write ``./name`` for a folder of that name.
 
-Root resolution: a relative card ``root`` is relative to the repository root (``../shared/data/<set>``),
+Root resolution: a relative card ``root`` is relative to the repository root (``../shared/data/<set>``; for an
+installed wheel, which has no checkout, to the working directory),
 else to the card file's folder. ``data_root`` (CLI ``--data-root``) or ``$ANOMALY_BENCH_DATA_ROOT`` names the
 folder that holds the sets and replaces the ``../shared/data`` prefix (for other relative roots: their
 parent). Absolute roots are used as written. A card without ``root`` (the phantom) gets ``root=None``.
@@ -43,7 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from anomaly_bench.core.config import REPO_DIR, check_keys, config_dirs, read_yaml
+from anomaly_bench.core.config import check_keys, checkout_dir, config_dirs, read_yaml
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import DATASET_FORMATS
 from anomaly_bench.data import cache as cache_mod
@@ -225,7 +226,9 @@ def resolve_root(card: dict[str, Any], data_root: str | Path | None = None) -> P
     override = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV) or None
     if override is not None:
         return Path(override).expanduser() / _set_subpath(str(root))
-    candidates = [REPO_DIR / p]
+    # relative to the checkout; an installed wheel has none, so relative to the working directory
+    base = checkout_dir()
+    candidates = [(base if base is not None else Path.cwd()) / p]
     src = card.get("_source", "")
     if src and Path(src).is_file():
         candidates.append(Path(src).resolve().parent / p)
