@@ -1,4 +1,4 @@
-"""ALAD (anomaly_bench/methods/alad.py): networks, losses, training, scoring, persistence, resume."""
+"""ALAD (anomaly_bench/methods/alad/): networks, losses, training, scoring, persistence, resume."""
 
 from __future__ import annotations
 

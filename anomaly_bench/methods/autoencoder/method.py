@@ -9,37 +9,12 @@ trained with the L1 or L2 reconstruction loss on healthy images. Score = mean |x
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
+from anomaly_bench.methods.autoencoder.loss import reconstruction_loss
+from anomaly_bench.methods.autoencoder.torch_model import ConvAutoencoder
 from anomaly_bench.nn.common import batch_stream, map_batches, seed_everything
-
-
-class ConvAutoencoder(nn.Module):
-    """Encoder: ``depth`` conv(4, stride 2)+BN+LeakyReLU stages doubling the width; 1x1 bottleneck conv to
-    ``latent_channels``; decoder mirrors it with transposed convs; tanh output."""
-
-    def __init__(self, channels: int = 1, width: int = 32, depth: int = 4, latent_channels: int = 64):
-        super().__init__()
-        enc, dec, c = [], [], channels
-        widths = [width * 2**i for i in range(depth)]
-        for w in widths:
-            enc += [nn.Conv2d(c, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, inplace=True)]
-            c = w
-        enc += [nn.Conv2d(c, latent_channels, 1)]
-        dec += [nn.Conv2d(latent_channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        for w in reversed([channels] + widths[:-1]):
-            last = w == channels and len(dec) >= 3 * depth
-            dec += [nn.ConvTranspose2d(c, w, 4, 2, 1, bias=last)]
-            if not last:
-                dec += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            c = w
-        dec += [nn.Tanh()]
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 @register_method("autoencoder")
@@ -75,13 +50,12 @@ class Autoencoder(AnomalyMethod):
             start = state["iteration"]
         data = train.healthy.to(dev)
         stream = batch_stream(data, p["batch_size"], gen, start=start)
-        loss_fn = nn.functional.mse_loss if p["loss"] == "l2" else nn.functional.l1_loss
         self.net.train()
         running = torch.zeros((), device=dev)
         with ctx.progress_bar(p["iterations"], "autoencoder", initial=start) as bar:
             for it in range(start + 1, p["iterations"] + 1):
                 x = next(stream)
-                loss = loss_fn(self.net(x), x)
+                loss = reconstruction_loss(p["loss"], self.net(x), x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

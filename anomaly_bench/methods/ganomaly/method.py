@@ -48,143 +48,15 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
 from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
+from anomaly_bench.methods.ganomaly.loss import discriminator_loss, generator_losses, latent_score
+from anomaly_bench.methods.ganomaly.torch_model import NetD, NetG, check_size, maybe_reinit_discriminator, weights_init
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
-
-# ---------------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------------
-
-
-def check_size(size: int) -> None:
-    if size < 16 or size & (size - 1):
-        raise ConfigError(f"ganomaly: image size {size} is not supported; use a power of two >= 16 "
-                          f"(32 = authors' default, 64, 128, 256); resize the dataset")
-
-
-def dcgan_encoder_layers(isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0) -> list[nn.Module]:
-    """The authors' DCGAN ``Encoder.main`` as a layer list (last = final conv to ``nz``)."""
-    check_size(isize)
-    layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-    csize, c = isize // 2, ndf
-    for _ in range(extra_layers):
-        layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]
-    while csize > 4:
-        layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True)]
-        c, csize = 2 * c, csize // 2
-    layers.append(nn.Conv2d(c, nz, 4, 1, 0, bias=False))
-    return layers
-
-
-class DCGANEncoder(nn.Module):
-    def __init__(self, isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0):
-        super().__init__()
-        self.main = nn.Sequential(*dcgan_encoder_layers(isize, nz, nc, ndf, extra_layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
-
-
-class DCGANDecoder(nn.Module):
-    def __init__(self, isize: int, nz: int, nc: int, ngf: int, extra_layers: int = 0):
-        super().__init__()
-        check_size(isize)
-        c = ngf // 2 * (isize // 4)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
-        csize = 4
-        while csize < isize // 2:
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
-            c, csize = c // 2, csize * 2
-        for _ in range(extra_layers):
-            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(c, nc, 4, 2, 1, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z)
-
-
-class NetG(nn.Module):
-    """E1 → decoder → E2; returns (x̂, z, ẑ) with z, ẑ of shape (B, nz, 1, 1)."""
-
-    def __init__(self, isize: int, nc: int, nz: int, ngf: int, extra_layers: int = 0):
-        super().__init__()
-        self.encoder1 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
-        self.decoder = DCGANDecoder(isize, nz, nc, ngf, extra_layers)
-        self.encoder2 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.encoder1(x)
-        x_hat = self.decoder(z)
-        return x_hat, z, self.encoder2(x_hat)
-
-
-class NetD(nn.Module):
-    """DCGAN encoder with nz = 1; returns (probability (B,), features (B, C, 4, 4))."""
-
-    def __init__(self, isize: int, nc: int, ndf: int, extra_layers: int = 0):
-        super().__init__()
-        layers = dcgan_encoder_layers(isize, 1, nc, ndf, extra_layers)
-        self.features = nn.Sequential(*layers[:-1])
-        self.classifier = nn.Sequential(layers[-1], nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return self.classifier(f).view(-1), f
-
-
-def weights_init(module: nn.Module) -> None:
-    """The authors' ``weights_init`` (apply with ``net.apply``)."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------------
-
-
-def generator_losses(feat_real: torch.Tensor, feat_fake: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor,
-                     z: torch.Tensor, z_hat: torch.Tensor, w_adv: float, w_con: float,
-                     w_enc: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L_G, L_adv, L_con, L_enc): feature matching (L2), L1 reconstruction, L2 latent."""
-    adv = (feat_real - feat_fake).pow(2).mean()
-    con = (x - x_hat).abs().mean()
-    enc = (z - z_hat).pow(2).mean()
-    return w_adv * adv + w_con * con + w_enc * enc, adv, con, enc
-
-
-def discriminator_loss(pred_real: torch.Tensor, pred_fake: torch.Tensor) -> torch.Tensor:
-    """0.5·[BCE(D(x), 1) + BCE(D(x̂), 0)] on sigmoid outputs (``nn.BCELoss``, log clamped at -100)."""
-    return 0.5 * (F.binary_cross_entropy(pred_real, torch.ones_like(pred_real))
-                  + F.binary_cross_entropy(pred_fake, torch.zeros_like(pred_fake)))
-
-
-def latent_score(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
-    """Per-image anomaly score mean_k (z_k - ẑ_k)²."""
-    return (z - z_hat).pow(2).flatten(1).mean(1)
-
-
-def maybe_reinit_discriminator(netd: nn.Module, d_loss: float, threshold: float) -> bool:
-    """The authors' ``reinit_d``: re-initialise D's weights when its loss fell below ``threshold``."""
-    if d_loss < threshold:
-        netd.apply(weights_init)
-        return True
-    return False
-
-
-# ---------------------------------------------------------------------------------------------------
-# Method
-# ---------------------------------------------------------------------------------------------------
 
 LOSS_KEYS = ("d_loss", "g_loss", "g_adv", "g_con", "g_enc", "d_reinits")
 
@@ -364,4 +236,3 @@ class GANomaly(AnomalyMethod):
         self.G.load_state_dict(state["G"])
         self.G.eval()
         self.fitted_ = True
-
