@@ -67,14 +67,7 @@ from torch import nn
 
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import (
-    EpochSampler,
-    IterationRun,
-    check_scorable,
-    cpu_state,
-    keep_bn_stats,
-    train_mode,
-)
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.methods.alad.loss import discriminator_losses, fm_score, generator_encoder_losses
 from anomaly_bench.methods.alad.torch_model import build_networks, pow2_size
 from anomaly_bench.nn.common import EMA, map_batches, seed_everything, set_requires_grad
@@ -148,75 +141,62 @@ class ALAD(AnomalyMethod):
         self.dxx_ = nets["dxx"].to(self.device).eval()
 
     # -- training --------------------------------------------------------------------------------
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("score", "fm_degree", "return_maps")
+
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "ALAD":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         gen = seed_everything(p["seed"])
-        zgen = torch.Generator().manual_seed(p["seed"] * 1_000_003 + 17)
+        self._zgen = torch.Generator().manual_seed(p["seed"] * 1_000_003 + 17)
         arch = self._arch(train.image_shape)
-        nets = {k: v.to(dev).train() for k, v in build_networks(arch).items()}
-        Dxz, Dxx, Dzz = (nets[k] for k in ("dxz", "dxx", "dzz"))
-        opts = {k: torch.optim.Adam(v.parameters(), lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=1e-8)
-                for k, v in nets.items()}
-        emas = {k: EMA(nets[k], p["ema_decay"]) for k in ("encoder", "generator", "dxx")}
+        self._nets = nets = {k: v.to(dev).train() for k, v in build_networks(arch).items()}
+        self._opts = {k: torch.optim.Adam(v.parameters(), lr=p["lr"], betas=(p["beta1"], p["beta2"]), eps=1e-8)
+                      for k, v in nets.items()}
+        self._emas = {k: EMA(nets[k], p["ema_decay"]) for k in ("encoder", "generator", "dxx")}
         data = train.healthy.to(dev)
-        sampler = EpochSampler(len(data), p["batch_size"], gen, streams=2)
-        run = IterationRun("alad", ctx, p, arch, sampler, dev)
-
-        state, it = run.resume()
-        if state is not None:
-            for k, net in nets.items():
-                net.load_state_dict(state["nets"][k])
-                opts[k].load_state_dict(state["opts"][k])
-            for k, ema in emas.items():
-                ema.shadow.load_state_dict(state["ema"][k])
-            zgen.set_state(state["zgen"])
-
-        def resume_state() -> dict:
-            return {**run.resume_header(it), "zgen": zgen.get_state(),
-                    "nets": {k: cpu_state(v) for k, v in nets.items()},
-                    "opts": {k: v.state_dict() for k, v in opts.items()},
-                    "ema": {k: cpu_state(v.shadow) for k, v in emas.items()}}
-
-        def z_batch(n: int) -> torch.Tensor:
-            return torch.randn(n, p["latent_dim"], generator=zgen).to(dev)
-
-        self._set_scoring_from(arch, emas)
-        pbar = ctx.progress_bar(run.total, "train", initial=it)
-        while it < run.total:
-            idx_d, idx_g = sampler.next()
-            # (1) discriminators: batch trainx[t], fresh z; E/G forward in train mode without stat updates
-            x = data[idx_d.to(dev)]
-            dl = discriminator_losses(*step_logits(nets, x, z_batch(len(x)), "d"))
-            for k in ("dxz", "dxx", "dzz"):
-                opts[k].zero_grad(set_to_none=True)
-            (dl["dis_xz"] + dl["dis_xx"] + dl["dis_zz"]).backward()
-            for k in ("dxz", "dxx", "dzz"):
-                opts[k].step()
-
-            # (2) generator + encoder: batch trainx_copy[t] (separate shuffle), fresh z
-            x = data[idx_g.to(dev)]
-            for d in (Dxz, Dxx, Dzz):
-                set_requires_grad(d, False)
-            gl = generator_encoder_losses(*step_logits(nets, x, z_batch(len(x)), "ge"), p["enable_dzz"])
-            opts["encoder"].zero_grad(set_to_none=True)
-            opts["generator"].zero_grad(set_to_none=True)
-            # one backward of L_G + L_E (shared cycle term once): G gets dL_G/dG, E gets dL_E/dE, as in the code
-            (gl["gen_xz"] + gl["enc_xz"] + gl["cycle"]).backward()
-            opts["encoder"].step()
-            opts["generator"].step()
-            for d in (Dxz, Dxx, Dzz):
-                set_requires_grad(d, True)
-            for k, ema in emas.items():
-                ema.update(nets[k])
-
-            it += 1
-            pbar.update(1)
-            run.end_iteration(it, {**dl, "gen": gl["gen"], "enc": gl["enc"], "cost_x": gl["cost_x"]},
-                              self.state_dict, resume_state)
-        pbar.close()
+        sampler = BatchSampler(len(data), p["batch_size"], gen, streams=2, data=data)
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
+        self._set_scoring_from(arch, self._emas)
+        state = {"zgen": self._zgen, **nets, **{f"opt_{k}": v for k, v in self._opts.items()},
+                 **{f"ema_{k}": v.shadow for k, v in self._emas.items()}}
+        Trainer(self, ctx, total=total, arch=arch, samplers={"x": sampler}, state=state,
+                resume_free=self.RESUME_FREE).run(self.training_step)
         self.fitted_ = True
         return self
+
+    def training_step(self, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One D step on batch ``trainx[t]`` and one G/E step on ``trainx_copy[t]`` (a separate shuffle), each with
+        fresh z, then the EMA update."""
+        x_d, x_g = batch
+        nets, opts, p = self._nets, self._opts, self.params
+        Dxz, Dxx, Dzz = (nets[k] for k in ("dxz", "dxx", "dzz"))
+
+        def z_batch(n: int) -> torch.Tensor:
+            return torch.randn(n, p["latent_dim"], generator=self._zgen).to(x_d.device)
+
+        # (1) discriminators: batch trainx[t], fresh z; E/G forward in train mode without stat updates
+        dl = discriminator_losses(*step_logits(nets, x_d, z_batch(len(x_d)), "d"))
+        for k in ("dxz", "dxx", "dzz"):
+            opts[k].zero_grad(set_to_none=True)
+        (dl["dis_xz"] + dl["dis_xx"] + dl["dis_zz"]).backward()
+        for k in ("dxz", "dxx", "dzz"):
+            opts[k].step()
+
+        # (2) generator + encoder: batch trainx_copy[t] (separate shuffle), fresh z
+        for d in (Dxz, Dxx, Dzz):
+            set_requires_grad(d, False)
+        gl = generator_encoder_losses(*step_logits(nets, x_g, z_batch(len(x_g)), "ge"), p["enable_dzz"])
+        opts["encoder"].zero_grad(set_to_none=True)
+        opts["generator"].zero_grad(set_to_none=True)
+        # one backward of L_G + L_E (shared cycle term once): G gets dL_G/dG, E gets dL_E/dE, as in the code
+        (gl["gen_xz"] + gl["enc_xz"] + gl["cycle"]).backward()
+        opts["encoder"].step()
+        opts["generator"].step()
+        for d in (Dxz, Dxx, Dzz):
+            set_requires_grad(d, True)
+        for k, ema in self._emas.items():
+            ema.update(nets[k])
+        return {**dl, "gen": gl["gen"], "enc": gl["enc"], "cost_x": gl["cost_x"]}
 
     def _set_scoring_from(self, arch: dict, emas: dict[str, EMA]) -> None:
         """Scoring networks = the EMA shadows (shared objects, so state_dict() during fit is current)."""

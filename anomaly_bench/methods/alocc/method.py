@@ -64,14 +64,7 @@ import torch
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import (
-    EpochSampler,
-    IterationRun,
-    check_scorable,
-    cpu_state,
-    keep_bn_stats,
-    train_mode,
-)
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.methods.alocc.loss import add_noise, bce, discriminator_loss, refinement_loss
 from anomaly_bench.methods.alocc.torch_model import PRESETS, build_networks
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
@@ -144,70 +137,58 @@ class ALOCC(AnomalyMethod):
         key = self.params["seed"] * 1_000_003 + NOISE_SEED_OFFSET + (epoch if self.params["noise_per_epoch"] else 0)
         return add_noise(data, self.params["noise_std"], torch.Generator().manual_seed(key))
 
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("bn_test_mode", "score", "return_maps")
+
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "ALOCC":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         gen = seed_everything(p["seed"])
         arch = self._arch(train.image_shape)
         self._build(arch)
         R, D = self.refiner_.train(), self.disc_.train()
-        opt_d = TFRMSprop(D.parameters(), lr=p["lr"])
-        opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
-        data = train.healthy.to(dev)
-        sampler = EpochSampler(len(data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
-        run = IterationRun("alocc", ctx, p, arch, sampler, dev)
-        w_r, kind = self.refinement_weight, p["refinement_loss"]
-
-        state, it = run.resume()
-        if state is not None:
-            R.load_state_dict(state["refiner"])
-            D.load_state_dict(state["disc"])
-            opt_r.load_state_dict(state["opt_r"])
-            opt_d.load_state_dict(state["opt_d"])
-
-        def resume_state() -> dict:
-            return {**run.resume_header(it), "refiner": cpu_state(R), "disc": cpu_state(D),
-                    "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict()}
-
-        noisy_epoch, noisy = -1, None
-        pbar = ctx.progress_bar(run.total, "train", initial=it)
-        while it < run.total:
-            (idx,) = sampler.next()
-            epoch = sampler.epoch if p["noise_per_epoch"] else 0
-            if epoch != noisy_epoch:
-                noisy, noisy_epoch = self._noisy(data, epoch), epoch
-            idx = idx.to(dev)
-            x, x_noisy = data[idx], noisy[idx]
-
-            # D step: real clean batch vs refined noisy batch (R in train mode, its BN statistics update)
-            with torch.no_grad():
-                refined = R(x_noisy)
-            d_loss = discriminator_loss(D(x), D(refined))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-            # R steps (the code runs g_optim twice on the same noisy batch)
-            set_requires_grad(D, False)
-            for _ in range(p["r_steps"]):
-                refined = R(x_noisy)
-                adv = bce(D(refined), 1.0)
-                l_r = refinement_loss(kind, refined, x_noisy, x)
-                r_loss = adv + w_r * l_r
-                opt_r.zero_grad(set_to_none=True)
-                r_loss.backward()
-                opt_r.step()
-            set_requires_grad(D, True)
-
-            it += 1
-            pbar.update(1)
-            run.end_iteration(it, {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r},
-                              self.state_dict, resume_state)
-        pbar.close()
+        self._opt_d = TFRMSprop(D.parameters(), lr=p["lr"])
+        self._opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
+        self._data = train.healthy.to(dev)
+        self._sampler = BatchSampler(len(self._data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
+        self._noisy_epoch, self._noisy_data = -1, None
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * self._sampler.batches_per_epoch
+        state = {"refiner": R, "disc": D, "opt_r": self._opt_r, "opt_d": self._opt_d}
+        Trainer(self, ctx, total=total, arch=arch, samplers={"x": self._sampler}, state=state,
+                resume_free=self.RESUME_FREE).run(self.training_step)
         R.eval()
         D.eval()
         self.fitted_ = True
         return self
+
+    def training_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D step and ``r_steps`` R steps on the clean batch ``data[idx]`` and its noisy copy."""
+        p, R, D, data = self.params, self.refiner_, self.disc_, self._data
+        epoch = self._sampler.epoch if p["noise_per_epoch"] else 0
+        if epoch != self._noisy_epoch:
+            self._noisy_data, self._noisy_epoch = self._noisy(data, epoch), epoch
+        idx = idx.to(data.device)
+        x, x_noisy = data[idx], self._noisy_data[idx]
+
+        # D step: real clean batch vs refined noisy batch (R in train mode, its BN statistics update)
+        with torch.no_grad():
+            refined = R(x_noisy)
+        d_loss = discriminator_loss(D(x), D(refined))
+        self._opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._opt_d.step()
+
+        # R steps (the code runs g_optim twice on the same noisy batch)
+        set_requires_grad(D, False)
+        for _ in range(p["r_steps"]):
+            refined = R(x_noisy)
+            adv = bce(D(refined), 1.0)
+            l_r = refinement_loss(p["refinement_loss"], refined, x_noisy, x)
+            r_loss = adv + self.refinement_weight * l_r
+            self._opt_r.zero_grad(set_to_none=True)
+            r_loss.backward()
+            self._opt_r.step()
+        set_requires_grad(D, True)
+        return {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r}
 
     # -- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()
