@@ -53,7 +53,7 @@ from torch import nn
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
 from anomaly_bench.methods.ganomaly.loss import discriminator_loss, generator_losses, latent_score
 from anomaly_bench.methods.ganomaly.torch_model import NetD, NetG, check_size, maybe_reinit_discriminator, weights_init
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
@@ -110,10 +110,12 @@ class GANomaly(AnomalyMethod):
             self.D = NetD(arch["size"], arch["channels"], arch["ndf"], arch["extra_layers"])
             self.D.apply(weights_init)
             self.D.to(self.device)
+            self.d_reinits_ = 0
 
     # -- training -----------------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One iteration in the authors' order; returns the losses (device tensors) and ``d_reinit``."""
+    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One iteration in the authors' order; returns the losses (device tensors) and ``d_reinits`` (1.0 when the
+        discriminator was re-initialised, counted in ``d_reinits_``)."""
         p = self.params
         self.G.train()
         self.D.train()
@@ -138,17 +140,14 @@ class GANomaly(AnomalyMethod):
         d_loss.backward()
         self.opt_d.step()
         reinit = maybe_reinit_discriminator(self.D, float(d_loss.detach()), p["d_reinit_threshold"])
+        self.d_reinits_ += int(reinit)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "g_adv": adv.detach(),
                 "g_con": con.detach(), "g_enc": enc.detach(), "d_reinits": float(reinit)}
 
-    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
-        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "d_reinits": self.d_reinits_, "params": dict(self.params)}
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("bn_test_mode", "residual_map")
 
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "GANomaly":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         if p["batch_size"] < 1 or p["epochs"] < 0:
             raise ConfigError(f"ganomaly: batch_size must be >= 1 and epochs >= 0, "
@@ -156,54 +155,23 @@ class GANomaly(AnomalyMethod):
         gen = seed_everything(p["seed"])
         self._build(self._arch(train.image_shape))
         data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
-        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
-        total = p["epochs"] * sampler.batches_per_epoch
+        sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
         lr, betas = float(p["lr"]), (float(p["beta1"]), 0.999)  # YAML may give ints
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.d_reinits_ = 0
 
-        step = 0
-        state = ctx.load_resume()
-        if state is not None:
-            check_resume_arch("ganomaly", ctx, state["arch"], self.arch_)
-            self.G.load_state_dict(state["G"])
-            self.D.load_state_dict(state["D"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
-            sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            self.d_reinits_ = int(state["d_reinits"])
-            step = int(state["step"])
-            ctx.info(f"ganomaly: resumed at iteration {step}/{total}")
+        def set_extra(held: dict[str, Any]) -> None:
+            self.d_reinits_ = int(held["d_reinits"])
 
-        sums: dict[str, Any] = {}
-        n_in_window = 0
-        pbar = ctx.progress_bar(total, "train", initial=step)
-        try:
-            while step < total:
-                x = data[sampler.next_indices().to(data.device)]
-                vals = self.train_step(x)
-                self.d_reinits_ += int(vals["d_reinits"])
-                for k in LOSS_KEYS:
-                    sums[k] = sums.get(k, 0.0) + vals[k]
-                n_in_window += 1
-                step += 1
-                pbar.update(1)
-                if due(p["log_every"], step) or step == total:
-                    row = {k: float(v) / n_in_window for k, v in sums.items()}
-                    row["d_reinits"] = float(sums["d_reinits"])  # count in the window, not a mean
-                    ctx.log_losses(step, row)
-                    sums, n_in_window = {}, 0
-                if ctx.wants_checkpoint(step):
-                    self.fitted_ = True
-                    ctx.save_selection_checkpoint(step, self.state_dict())
-                if step == total or due(p["resume_every"], step):
-                    ctx.save_resume(self._resume_state(step, sampler))
-        finally:
-            pbar.close()
+        trainer = Trainer(self, ctx, total=p["epochs"] * sampler.batches_per_epoch, arch=self.arch_,
+                          samplers={"x": sampler},
+                          state={"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d},
+                          extra=(lambda: {"d_reinits": self.d_reinits_}, set_extra), log_sums=("d_reinits",),
+                          resume_free=self.RESUME_FREE)
+        trainer.run(self.training_step)
         if self.d_reinits_:
-            ctx.info(f"ganomaly: the discriminator was re-initialised {self.d_reinits_} time(s)")
+            trainer.ctx.info(f"ganomaly: the discriminator was re-initialised {self.d_reinits_} time(s)")
         self.G.eval()
         self.D.eval()
         self.fitted_ = True
