@@ -57,12 +57,13 @@ import torch
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
 from anomaly_bench.methods.fanogan.loss import gradient_penalty, izif_per_sample
 from anomaly_bench.methods.fanogan.torch_model import Critic, Encoder, Generator, frozen_bn_stats, n_resample_blocks
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
 
+#: the columns of losses.csv (those of the stage not running are 0)
 LOSS_KEYS = ("stage", "d_loss", "g_loss", "gp", "wdist", "enc_loss", "enc_img", "enc_feat")
 
 
@@ -177,84 +178,53 @@ class FAnoGAN(AnomalyMethod):
             set_requires_grad(self.G, False)
             set_requires_grad(self.D, False)
 
-    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
-        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
-                "E": cpu_state(self.E), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "opt_e": self.opt_e.state_dict(), "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "params": dict(self.params)}
-
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "FAnoGAN":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         for k in ("batch_size", "critic_iters"):
             if p[k] < 1:
                 raise ConfigError(f"fanogan: {k} must be >= 1, got {p[k]}")
-        gen = seed_everything(p["seed"])
+        self._gen = gen = seed_everything(p["seed"])
         self._build(self._arch(train.image_shape))
         data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
-        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
-        g_iters, e_iters = self.generator_iterations(len(data)), p["encoder_iterations"]
-        total = g_iters + e_iters
+        self._sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
+        self._g_iters = g_iters = self.generator_iterations(len(data))
         lr, betas = float(p["lr"]), (float(p["beta1"]), float(p["beta2"]))  # YAML may give ints
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.opt_e = TFRMSprop(self.E.parameters(), lr=float(p["encoder_lr"]))
-
-        step = 0
-        state = ctx.load_resume()
-        if state is not None:
-            check_resume_arch("fanogan", ctx, state["arch"], self.arch_)
-            for name in ("G", "D", "E"):
-                getattr(self, name).load_state_dict(state[name])
-            for name in ("opt_g", "opt_d", "opt_e"):
-                getattr(self, name).load_state_dict(state[name])
-            sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            step = int(state["step"])
-            ctx.info(f"fanogan: resumed at step {step}/{total}")
-
-        sums: dict[str, torch.Tensor | float] = {}
-        n_in_window = 0
-        pbar = ctx.progress_bar(total, "train", initial=step)
+        state = {"G": self.G, "D": self.D, "E": self.E, "opt_g": self.opt_g, "opt_d": self.opt_d, "opt_e": self.opt_e}
+        # G is fixed in stage 2: selection checkpoints during the encoder stage only, counted in encoder steps
+        self._trainer = Trainer(self, ctx, total=g_iters + p["encoder_iterations"], arch=self.arch_,
+                                samplers={"x": self._sampler}, state=state, boundaries=(g_iters,),
+                                checkpoint_index=lambda it: it - g_iters if it > g_iters else None)
         try:
-            while step < total:
-                stage = 1 if step < g_iters else 2
-                self._set_stage_modes(stage)
-                if stage == 1:
-                    for _ in range(p["critic_iters"]):
-                        x = self._augment(data[sampler.next_indices().to(data.device)], gen)
-                        d_loss, gp, wdist = self._critic_step(x, gen)
-                    g_loss = self._generator_step(sampler.bs, gen)
-                    vals = {"d_loss": d_loss, "g_loss": g_loss, "gp": gp, "wdist": wdist}
-                else:
-                    x = self._augment(data[sampler.next_indices().to(data.device)], gen)
-                    e_loss, e_img, e_feat = self._encoder_step(x)
-                    vals = {"enc_loss": e_loss, "enc_img": e_img, "enc_feat": e_feat}
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_in_window += 1
-                step += 1
-                pbar.update(1)
-
-                stage_done = step in (g_iters, total)
-                if due(p["log_every"], step) or stage_done:
-                    row = {k: 0.0 for k in LOSS_KEYS}
-                    row["stage"] = float(stage)
-                    row.update({k: float(v) / n_in_window for k, v in sums.items()})
-                    ctx.log_losses(step, row)
-                    sums, n_in_window = {}, 0
-                if stage == 2 and ctx.wants_checkpoint(step - g_iters):
-                    self.fitted_ = True
-                    ctx.save_selection_checkpoint(step, self.state_dict())
-                if stage_done or due(p["resume_every"], step):
-                    ctx.save_resume(self._resume_state(step, sampler))
+            self._trainer.run(self.training_step)
         finally:
-            pbar.close()
+            del self._trainer
         self.G.eval()
         self.D.eval()
         self.E.eval()
         self.fitted_ = True
         return self
+
+    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """Stage 1 (``iterations`` steps): ``critic_iters`` critic steps, each on a new real batch (``x``, then
+        batches drawn here), then one generator step. Stage 2: one encoder step on ``x``. Returns every column of
+        ``LOSS_KEYS`` (those of the stage not running as 0)."""
+        stage = 1 if self._trainer.iteration < self._g_iters else 2
+        self._set_stage_modes(stage)
+        row: dict[str, torch.Tensor | float] = {k: 0.0 for k in LOSS_KEYS}
+        row["stage"] = float(stage)
+        if stage == 1:
+            for i in range(self.params["critic_iters"]):
+                batch = x if i == 0 else self._sampler.next_batch()
+                d_loss, gp, wdist = self._critic_step(self._augment(batch, self._gen), self._gen)
+            g_loss = self._generator_step(self._sampler.bs, self._gen)
+            row.update(d_loss=d_loss, g_loss=g_loss, gp=gp, wdist=wdist)
+        else:
+            e_loss, e_img, e_feat = self._encoder_step(self._augment(x, self._gen))
+            row.update(enc_loss=e_loss, enc_img=e_img, enc_feat=e_feat)
+        return row
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()
