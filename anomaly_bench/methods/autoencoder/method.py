@@ -12,9 +12,10 @@ import torch
 
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
+from anomaly_bench.harness.trainer import BatchSampler, Trainer
 from anomaly_bench.methods.autoencoder.loss import reconstruction_loss
 from anomaly_bench.methods.autoencoder.torch_model import ConvAutoencoder
-from anomaly_bench.nn.common import batch_stream, map_batches, seed_everything
+from anomaly_bench.nn.common import map_batches, seed_everything
 
 
 @register_method("autoencoder")
@@ -31,8 +32,10 @@ class Autoencoder(AnomalyMethod):
         p = self.params
         self.net = ConvAutoencoder(channels, p["width"], p["depth"], p["latent_channels"]).to(self.device)
 
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("score_norm",)
+
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "Autoencoder":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         size = train.image_shape[-1]
         if size % 2 ** p["depth"]:
@@ -40,40 +43,22 @@ class Autoencoder(AnomalyMethod):
         gen = seed_everything(p["seed"])
         self.channels = train.image_shape[0]
         self._build(self.channels)
-        opt = torch.optim.Adam(self.net.parameters(), lr=p["lr"])
-        start = 0
-        state = ctx.load_resume()
-        if state is not None:
-            self.net.load_state_dict(state["net"])
-            opt.load_state_dict(state["opt"])
-            torch.set_rng_state(state["torch_rng"])
-            start = state["iteration"]
+        self._opt = torch.optim.Adam(self.net.parameters(), lr=p["lr"])
         data = train.healthy.to(dev)
-        stream = batch_stream(data, p["batch_size"], gen, start=start)
+        sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
         self.net.train()
-        running = torch.zeros((), device=dev)
-        with ctx.progress_bar(p["iterations"], "autoencoder", initial=start) as bar:
-            for it in range(start + 1, p["iterations"] + 1):
-                x = next(stream)
-                loss = reconstruction_loss(p["loss"], self.net(x), x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.detach()
-                bar.update(1)
-                if it % p["log_every"] == 0 or it == p["iterations"]:
-                    n = p["log_every"] if it % p["log_every"] == 0 else it % p["log_every"]
-                    value = float(running) / n
-                    running.zero_()
-                    bar.set_postfix(loss=f"{value:.4f}")
-                    ctx.log_losses(it, {"recon": value})
-                if ctx.wants_checkpoint(it):
-                    ctx.save_selection_checkpoint(it, self.state_dict())
-                if p["resume_every"] and it % p["resume_every"] == 0 and it < p["iterations"]:
-                    ctx.save_resume({"net": self.net.state_dict(), "opt": opt.state_dict(),
-                                     "torch_rng": torch.get_rng_state(), "iteration": it})
+        Trainer(self, ctx, total=p["iterations"], arch={"image_shape": tuple(train.image_shape)},
+                samplers={"x": sampler}, state={"net": self.net, "opt": self._opt},
+                resume_free=self.RESUME_FREE).run(self.training_step)
         self.fitted_ = True
         return self
+
+    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = reconstruction_loss(self.params["loss"], self.net(x), x)
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._opt.step()
+        return {"recon": loss.detach()}
 
     def _residual(self, x: torch.Tensor):
         rec = self.net(x)
