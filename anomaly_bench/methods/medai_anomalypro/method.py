@@ -44,6 +44,7 @@ import torch
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, cpu_copy
 from anomaly_bench.methods.medai_anomalypro.loss import anomaly_map
 from anomaly_bench.methods.medai_anomalypro.torch_model import (
     GENERATOR_TAIL,
@@ -55,7 +56,7 @@ from anomaly_bench.methods.medai_anomalypro.torch_model import (
     resolve_layout,
     split_head,
 )
-from anomaly_bench.methods.medai_anomalypro.train_step import AnomalyProTrainer, ResumableStream, _cpu, lr_factor
+from anomaly_bench.methods.medai_anomalypro.train_step import AnomalyProTrainer, lr_factor
 from anomaly_bench.nn.common import at_least_fp32, map_batches, seed_everything
 
 #: a final mean mask above this on both sets is reported as saturated (see MedAIAnomalyPro._check_mask)
@@ -153,7 +154,6 @@ class MedAIAnomalyPro(AnomalyMethod):
 
     # -- fit ---------------------------------------------------------------------------------------
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "MedAIAnomalyPro":
-        ctx = ctx or FitContext(progress=False)
         p = self.params
         if train.mixed is None:
             raise MissingMixedSetError(
@@ -176,53 +176,49 @@ class MedAIAnomalyPro(AnomalyMethod):
         G.train()
         D.train()
         self.G_ = G
-        trainer = AnomalyProTrainer(G, D, self._hp(), dev, arch["net_channels"], p["amp"], p["channels_last"],
-                                    p["compile"])
+        self._step = step = AnomalyProTrainer(G, D, self._hp(), dev, arch["net_channels"], p["amp"],
+                                              p["channels_last"], p["compile"])
 
         # data: resident on the device when small (no per-iteration host transfer)
         nbytes = (train.mixed.numel() + train.healthy.numel()) * 4
         data_dev = dev if nbytes <= p["data_on_device_mb"] * 2 ** 20 else torch.device("cpu")
-        bs = min(p["batch_size"], len(train.mixed), len(train.healthy))
+        self._bs = bs = min(p["batch_size"], len(train.mixed), len(train.healthy))
         seed_a, seed_b, seed_n = (int(s) for s in torch.randint(0, 2 ** 62, (3,), generator=gen))
-        stream_a = ResumableStream(train.mixed.to(data_dev), bs, seed_a)
-        stream_b = ResumableStream(train.healthy.to(data_dev), bs, seed_b)
-        noise = torch.Generator(device=dev).manual_seed(seed_n)
+        # sets A and B in two independent shuffled streams, each with its own generator
+        samplers = {"a": BatchSampler(len(train.mixed), bs, torch.Generator().manual_seed(seed_a),
+                                      data=train.mixed.to(data_dev)),
+                    "b": BatchSampler(len(train.healthy), bs, torch.Generator().manual_seed(seed_b),
+                                      data=train.healthy.to(data_dev))}
+        self._noise = torch.Generator(device=dev).manual_seed(seed_n)
 
-        start = 0
-        state = ctx.load_resume()
-        if state is not None:
-            start = self._restore(state, trainer, stream_a, stream_b, noise)
-            ctx.info(f"medai_anomalypro: resumed from iteration {start} ({ctx.resume_path})")
+        def last_means() -> dict[str, Any]:  # kept with the resume state (a finished run checks them again)
+            row = self._trainer.last_row
+            return {"last_d": {k: row[k] for k in step.D_KEYS if k in row},
+                    "last_g": {k: row[k] for k in step.g_keys if k in row}}
 
-        total = p["iterations"]
-        pbar = ctx.progress_bar(total, "train", initial=min(start, total))
+        self._trainer = Trainer(self, ctx, total=p["iterations"], arch=arch, samplers=samplers,
+                                state={"G": G, "D": D, "g_opt": step.g_opt, "d_opt": step.d_opt, "noise": self._noise},
+                                resume_free=self.RESUME_FREE, extra=(last_means, lambda held: None),
+                                log_defaults={k: 0.0 for k in step.g_keys})
         try:
-            for i in range(start, total):
-                trainer.set_lr(lr_factor(i, total, p["lr_decay_iters"], p["lr_decay"], p["lr_update_step"]))
-                x_a = self._augment(stream_a.next().to(dev, non_blocking=True), noise)
-                x_b = self._augment(stream_b.next().to(dev, non_blocking=True), noise)
-                alpha = torch.rand(bs, 1, 1, 1, generator=noise, device=dev)
-                trainer.step(i, x_a, x_b, alpha)
-                it = i + 1
-                pbar.update(1)
-                save_resume = ctx.resume_path is not None and (
-                    it == total or (p["resume_every"] > 0 and it % p["resume_every"] == 0))
-                checkpoint = ctx.wants_checkpoint(it)
-                if it % p["log_every"] == 0 or it == total or save_resume or checkpoint:
-                    losses = trainer.pop_losses()
-                    pbar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-                    ctx.log_losses(it, losses)  # raises TrainingError on a non-finite loss
-                if save_resume:
-                    ctx.save_resume(self._resume_state(it, trainer, stream_a, stream_b, noise))
-                if checkpoint:
-                    ctx.save_selection_checkpoint(it, self.state_dict())
+            self._trainer.run(self.training_step)
+            self._check_mask(self._trainer.last_row, self._trainer.ctx)
+            self._check_critic(self._trainer.last_row, self._trainer.ctx)
         finally:
-            pbar.close()
-        self._check_mask(trainer._last_g, ctx)
-        self._check_critic(trainer._last_d, ctx)
+            del self._trainer
         G.to(memory_format=torch.contiguous_format).eval()
         self.fitted_ = True
         return self
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One iteration: the learning rate of this iteration, random flips of both batches, the GP mix weights, then
+        :meth:`AnomalyProTrainer.step` (a critic step, and a generator step every ``n_critic`` iterations)."""
+        p, dev, i = self.params, self.device, self._trainer.iteration
+        self._step.set_lr(lr_factor(i, p["iterations"], p["lr_decay_iters"], p["lr_decay"], p["lr_update_step"]))
+        x_a = self._augment(batch[0].to(dev, non_blocking=True), self._noise)
+        x_b = self._augment(batch[1].to(dev, non_blocking=True), self._noise)
+        alpha = torch.rand(self._bs, 1, 1, 1, generator=self._noise, device=dev)
+        return self._step.step(i, x_a, x_b, alpha, record=False)
 
     def _check_mask(self, last: dict[str, float], ctx: FitContext) -> None:
         """Say so when the mask ended saturated (mean M above MASK_SATURATED on A and B): then B0 = B_int nearly
@@ -258,29 +254,6 @@ class MedAIAnomalyPro(AnomalyMethod):
         flip = torch.rand(x.shape[0], 1, 1, 1, generator=noise, device=x.device) < 0.5
         return torch.where(flip, x.flip(-1), x)
 
-    def _resume_state(self, it: int, trainer: AnomalyProTrainer, sa: ResumableStream, sb: ResumableStream,
-                      noise: torch.Generator) -> dict[str, Any]:
-        return _cpu({"format": 1, "iteration": it, "params": dict(self.params), "arch": dict(self.arch_),
-                     "trainer": trainer.state(), "stream_a": sa.state_dict(), "stream_b": sb.state_dict(),
-                     "noise": noise.get_state(), "torch_rng": torch.get_rng_state()})
-
-    def _restore(self, st: dict[str, Any], trainer: AnomalyProTrainer, sa: ResumableStream, sb: ResumableStream,
-                 noise: torch.Generator) -> int:
-        old = {k: v for k, v in st["params"].items() if k not in self.RESUME_FREE}
-        new = {k: v for k, v in self.params.items() if k not in self.RESUME_FREE}
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff or st["arch"] != self.arch_:
-            raise ConfigError(
-                f"medai_anomalypro: the resume state in the work folder was written with other settings "
-                f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff) or 'image shape'}); "
-                f"use a fresh work folder or the original settings")
-        trainer.load(st["trainer"])
-        sa.load_state_dict(st["stream_a"])
-        sb.load_state_dict(st["stream_b"])
-        noise.set_state(st["noise"])
-        torch.set_rng_state(st["torch_rng"])
-        return int(st["iteration"])
-
     # -- score ---------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if self.G_ is None:
@@ -314,7 +287,7 @@ class MedAIAnomalyPro(AnomalyMethod):
     # -- persistence ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
-        return {"format": 1, "arch": dict(self.arch_), "G": _cpu(self.G_.state_dict())}
+        return {"format": 1, "arch": dict(self.arch_), "G": cpu_copy(self.G_.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         arch = dict(state["arch"])

@@ -1,4 +1,4 @@
-"""MedAI AnomalyPro's training step, learning-rate schedule and resumable batch streams.
+"""MedAI AnomalyPro's training step and learning-rate schedule (the loop: :mod:`anomaly_bench.harness.trainer`).
 
 Speed (same algorithm, fewer passes; ``reference_train_step`` in tests/anomalypro_reference.py is the authors'
 step, the oracle of the tests and the baseline of benchmarks/bench_anomalypro_step.py)
@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly_bench.harness.trainer import ResumableBatchSampler
 from anomaly_bench.methods.medai_anomalypro.loss import (
     additive_generator_losses,
     critic_loss,
@@ -120,8 +119,12 @@ class AnomalyProTrainer:
         b_int, m = split_head(y, self.C)
         return compose_healthy(b_int, m, x), b_int, m
 
-    def step(self, i: int, x_a: torch.Tensor, x_b: torch.Tensor, alpha: torch.Tensor) -> None:
-        """One iteration ``i`` (0-based) on batches ``x_a`` (set A) and ``x_b`` (set B), GP mix weights ``alpha``."""
+    def step(self, i: int, x_a: torch.Tensor, x_b: torch.Tensor, alpha: torch.Tensor,
+             record: bool = True) -> dict[str, torch.Tensor]:
+        """One iteration ``i`` (0-based) on batches ``x_a`` (set A) and ``x_b`` (set B), GP mix weights ``alpha``.
+
+        Returns the losses as device tensors (the critic's every iteration, the generator's on generator iterations);
+        ``record`` also keeps them for :meth:`pop_losses` (the method's fit leaves that to the harness trainer)."""
         hp, B = self.hp, x_a.shape[0]
         g_step = (i + 1) % hp["n_critic"] == 0
         x_a, x_b = self._prep(x_a), self._prep(x_b)
@@ -144,11 +147,13 @@ class AnomalyProTrainer:
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.d_opt.step()
-        self._d_hist.append(torch.stack([d_real.detach(), d_fake.detach(), gp.detach()]))
+        d_vals = dict(zip(self.D_KEYS, (d_real.detach(), d_fake.detach(), gp.detach())))
+        if record:
+            self._d_hist.append(torch.stack(list(d_vals.values())))
 
         # ---- generator step ----------------------------------------------------------------------
         if not g_step:
-            return
+            return d_vals
         self.D.requires_grad_(False)
         try:
             if self.additive:
@@ -172,7 +177,10 @@ class AnomalyProTrainer:
             vals = [losses["adv_a"], losses["id"]]
         else:
             vals = [losses[k] for k in ("adv_a", "adv_b", "id", "rec", "mask")] + [m_a.mean(), m_b.mean()]
-        self._g_hist.append(torch.stack([at_least_fp32(v.detach()) for v in vals]))
+        g_vals = dict(zip(self.g_keys, (at_least_fp32(v.detach()) for v in vals)))
+        if record:
+            self._g_hist.append(torch.stack(list(g_vals.values())))
+        return {**d_vals, **g_vals}
 
     def pop_losses(self) -> dict[str, float]:
         """Mean of each loss since the last call (one host sync). G losses repeat their last value if no
@@ -186,50 +194,3 @@ class AnomalyProTrainer:
         out.update(self._last_g)
         self._d_hist, self._g_hist = [], []
         return out
-
-    def state(self) -> dict[str, Any]:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "g_opt": self.g_opt.state_dict(),
-                "d_opt": self.d_opt.state_dict(), "last_g": dict(self._last_g), "last_d": dict(self._last_d)}
-
-    def load(self, st: dict[str, Any]) -> None:
-        self.G.load_state_dict(st["G"])
-        self.D.load_state_dict(st["D"])
-        self.g_opt.load_state_dict(st["g_opt"])
-        self.d_opt.load_state_dict(st["d_opt"])
-        self._last_g = dict(st.get("last_g", self._last_g))
-        self._last_d = dict(st.get("last_d", self._last_d))
-
-
-class ResumableStream(ResumableBatchSampler):
-    """The shared resumable sampler (:class:`anomaly_bench.harness.trainer.ResumableBatchSampler`: the order of
-    ``nn.common.batch_stream``, a ``torch.randperm`` per epoch from its own CPU generator, drop_last) yielding the
-    batches themselves. The permutation is moved to the data's device once per epoch, so drawing a batch never
-    syncs."""
-
-    def __init__(self, data: torch.Tensor, batch_size: int, seed: int):
-        super().__init__(len(data), batch_size, torch.Generator().manual_seed(seed))
-        self.data = data
-        self.perm_dev: torch.Tensor | None = None
-
-    def next(self) -> torch.Tensor:
-        new_epoch = self.perm is None or self.pos >= self.stop
-        self.next_indices()
-        if new_epoch:
-            self.perm_dev = self.perm.to(self.data.device)
-        return self.data[self.perm_dev[self.pos - self.bs:self.pos]]
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "gen" in state:  # resume files written before the sampler was shared
-            state = {"generator": state["gen"], "perm": state["perm"], "pos": state["pos"]}
-        super().load_state_dict(state)
-        self.perm_dev = None if self.perm is None else self.perm.to(self.data.device)
-
-
-def _cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
