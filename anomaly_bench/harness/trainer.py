@@ -136,6 +136,9 @@ class Trainer:
       (:meth:`FitContext.log_losses`). Losses may be device tensors: they are read once per row.
     * Selection checkpoints: ``method.state_dict()`` at iteration ``it`` when the context wants one for
       ``checkpoint_index(it)`` (default ``it``; ``None``: never), then ``on_checkpoint(it, state)``.
+    * During :meth:`run` the method reaches the trainer as ``method._trainer``; that attribute and the method's
+      training-only attributes named in ``release`` (optimisers, training data, generators) are deleted when the
+      run ends, so a fitted model holds only what scoring needs.
     """
 
     def __init__(self, method: AnomalyMethod, ctx: FitContext | None, *, total: int, arch: dict,
@@ -143,7 +146,7 @@ class Trainer:
                  extra: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
                  boundaries: Iterable[int] = (), log_sums: Iterable[str] = (), log_defaults: dict | None = None,
                  checkpoint_index: Callable[[int], int | None] | None = None,
-                 on_checkpoint: Callable[[int, dict], None] | None = None):
+                 on_checkpoint: Callable[[int, dict], None] | None = None, release: Iterable[str] = ()):
         self.method, self.ctx = method, ctx or FitContext(progress=False)
         self.name, self.device, params = method.name, method.device, method.params
         self.total, self.arch, self.samplers, self.state, self.extra = total, arch, samplers, state, extra
@@ -151,7 +154,7 @@ class Trainer:
         self.resume_free = {*RESUME_FREE, *resume_free}
         self.boundaries, self.log_sums = set(boundaries), set(log_sums)
         self.checkpoint_index = checkpoint_index or (lambda it: it)
-        self.on_checkpoint = on_checkpoint
+        self.on_checkpoint, self.release = on_checkpoint, tuple(release)
         #: the last row written to the loss log
         self.last_row: dict[str, float] = dict(log_defaults or {})
         self.iteration = 0
@@ -159,17 +162,20 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, training_step: Callable[[Any], dict[str, Any]]) -> None:
-        self.iteration = self._resume()
-        pbar = self.ctx.progress_bar(self.total, "train", initial=min(self.iteration, self.total))
+        self.method._trainer = self
         try:
-            while self.iteration < self.total:
-                batches = [s.next_batch() for s in self.samplers.values()]
-                losses = training_step(batches[0] if len(batches) == 1 else tuple(batches))
-                self.iteration += 1
-                pbar.update(1)
-                self._end_iteration(losses, pbar)
+            self.iteration = self._resume()
+            with self.ctx.progress_bar(self.total, "train", initial=min(self.iteration, self.total)) as pbar:
+                while self.iteration < self.total:
+                    batches = [s.next_batch() for s in self.samplers.values()]
+                    losses = training_step(batches[0] if len(batches) == 1 else tuple(batches))
+                    self.iteration += 1
+                    pbar.update(1)
+                    self._end_iteration(losses, pbar)
         finally:
-            pbar.close()
+            for name in ("_trainer", *self.release):
+                if hasattr(self.method, name):
+                    delattr(self.method, name)
 
     def _end_iteration(self, losses: dict[str, Any], pbar) -> None:
         it = self.iteration

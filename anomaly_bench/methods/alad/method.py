@@ -159,8 +159,8 @@ class ALAD(AnomalyMethod):
         self._set_scoring_from(arch, self._emas)
         state = {"zgen": self._zgen, **nets, **{f"opt_{k}": v for k, v in self._opts.items()},
                  **{f"ema_{k}": v.shadow for k, v in self._emas.items()}}
-        Trainer(self, ctx, total=total, arch=arch, samplers={"x": sampler}, state=state,
-                resume_free=self.RESUME_FREE).run(self.training_step)
+        Trainer(self, ctx, total=total, arch=arch, samplers={"x": sampler}, state=state, resume_free=self.RESUME_FREE,
+                release=("_zgen", "_nets", "_opts", "_emas")).run(self.training_step)
         self.fitted_ = True
         return self
 

@@ -153,8 +153,10 @@ class ALOCC(AnomalyMethod):
         self._noisy_epoch, self._noisy_data = -1, None
         total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * self._sampler.batches_per_epoch
         state = {"refiner": R, "disc": D, "opt_r": self._opt_r, "opt_d": self._opt_d}
-        Trainer(self, ctx, total=total, arch=arch, samplers={"x": self._sampler}, state=state,
-                resume_free=self.RESUME_FREE).run(self.training_step)
+        trainer = Trainer(self, ctx, total=total, arch=arch, samplers={"x": self._sampler}, state=state,
+                          resume_free=self.RESUME_FREE,
+                          release=("_opt_d", "_opt_r", "_data", "_sampler", "_noisy_epoch", "_noisy_data"))
+        trainer.run(self.training_step)
         R.eval()
         D.eval()
         self.fitted_ = True

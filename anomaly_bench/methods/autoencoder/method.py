@@ -49,7 +49,7 @@ class Autoencoder(AnomalyMethod):
         self.net.train()
         Trainer(self, ctx, total=p["iterations"], arch={"image_shape": tuple(train.image_shape)},
                 samplers={"x": sampler}, state={"net": self.net, "opt": self._opt},
-                resume_free=self.RESUME_FREE).run(self.training_step)
+                resume_free=self.RESUME_FREE, release=("_opt",)).run(self.training_step)
         self.fitted_ = True
         return self
 

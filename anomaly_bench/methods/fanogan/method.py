@@ -194,13 +194,9 @@ class FAnoGAN(AnomalyMethod):
         self.opt_e = TFRMSprop(self.E.parameters(), lr=float(p["encoder_lr"]))
         state = {"G": self.G, "D": self.D, "E": self.E, "opt_g": self.opt_g, "opt_d": self.opt_d, "opt_e": self.opt_e}
         # G is fixed in stage 2: selection checkpoints during the encoder stage only, counted in encoder steps
-        self._trainer = Trainer(self, ctx, total=g_iters + p["encoder_iterations"], arch=self.arch_,
-                                samplers={"x": self._sampler}, state=state, boundaries=(g_iters,),
-                                checkpoint_index=lambda it: it - g_iters if it > g_iters else None)
-        try:
-            self._trainer.run(self.training_step)
-        finally:
-            del self._trainer
+        Trainer(self, ctx, total=g_iters + p["encoder_iterations"], arch=self.arch_, samplers={"x": self._sampler},
+                state=state, boundaries=(g_iters,), checkpoint_index=lambda it: it - g_iters if it > g_iters else None,
+                release=("_gen", "_sampler", "_g_iters")).run(self.training_step)
         self.G.eval()
         self.D.eval()
         self.E.eval()

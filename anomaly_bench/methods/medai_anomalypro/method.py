@@ -192,20 +192,17 @@ class MedAIAnomalyPro(AnomalyMethod):
         self._noise = torch.Generator(device=dev).manual_seed(seed_n)
 
         def last_means() -> dict[str, Any]:  # kept with the resume state (a finished run checks them again)
-            row = self._trainer.last_row
+            row = trainer.last_row
             return {"last_d": {k: row[k] for k in step.D_KEYS if k in row},
                     "last_g": {k: row[k] for k in step.g_keys if k in row}}
 
-        self._trainer = Trainer(self, ctx, total=p["iterations"], arch=arch, samplers=samplers,
-                                state={"G": G, "D": D, "g_opt": step.g_opt, "d_opt": step.d_opt, "noise": self._noise},
-                                resume_free=self.RESUME_FREE, extra=(last_means, lambda held: None),
-                                log_defaults={k: 0.0 for k in step.g_keys})
-        try:
-            self._trainer.run(self.training_step)
-            self._check_mask(self._trainer.last_row, self._trainer.ctx)
-            self._check_critic(self._trainer.last_row, self._trainer.ctx)
-        finally:
-            del self._trainer
+        trainer = Trainer(self, ctx, total=p["iterations"], arch=arch, samplers=samplers,
+                          state={"G": G, "D": D, "g_opt": step.g_opt, "d_opt": step.d_opt, "noise": self._noise},
+                          resume_free=self.RESUME_FREE, extra=(last_means, lambda held: None),
+                          log_defaults={k: 0.0 for k in step.g_keys}, release=("_step", "_noise", "_bs"))
+        trainer.run(self.training_step)
+        self._check_mask(trainer.last_row, trainer.ctx)
+        self._check_critic(trainer.last_row, trainer.ctx)
         G.to(memory_format=torch.contiguous_format).eval()
         self.fitted_ = True
         return self
