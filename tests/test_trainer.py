@@ -126,7 +126,10 @@ def test_a_resume_file_of_another_format_restarts_from_scratch(tmp_path):
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
     fresh = Toy().fit(_data()).score(x).scores
     torch.save({"iteration": 4, "net": {}, "opt": {}, "torch_rng": torch.get_rng_state()}, tmp_path / "resume.pt")
+    (tmp_path / "losses.csv").write_text("iteration,recon\n2,0.5\n4,0.25\n")
     events: list[str] = []
     m = Toy().fit(_data(), FitContext(workdir=tmp_path, progress=False, on_event=events.append))
     assert any("older version" in e and "from scratch" in e for e in events)
     np.testing.assert_array_equal(m.score(x).scores, fresh)
+    assert (tmp_path / "losses.before-restart.csv").read_text().startswith("iteration,recon")
+    assert [int(r["iteration"]) for r in _rows(tmp_path)] == [3, 5, 6, 9, 10]

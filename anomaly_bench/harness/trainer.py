@@ -221,8 +221,11 @@ class Trainer:
         if st is None:
             return 0
         if st.get("format") != RESUME_FORMAT:
+            log = self.ctx.workdir / "losses.csv"
+            if log.exists():  # its rows would repeat the iterations trained again
+                log.replace(log.with_name("losses.before-restart.csv"))
             self.ctx.info(f"{self.name}: the resume state in {self.ctx.resume_path} was written by an older version "
-                          f"(another format); training from scratch")
+                          f"(another format); training from scratch (old loss log: losses.before-restart.csv)")
             return 0
         self._check_settings(st)
         for k, v in self.state.items():

@@ -58,6 +58,7 @@ from anomaly_bench.methods.ganomaly.loss import discriminator_loss, generator_lo
 from anomaly_bench.methods.ganomaly.torch_model import NetD, NetG, check_size, maybe_reinit_discriminator, weights_init
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 
+#: the columns of losses.csv (``d_reinits``: re-initialisations in the window)
 LOSS_KEYS = ("d_loss", "g_loss", "g_adv", "g_con", "g_enc", "d_reinits")
 
 
