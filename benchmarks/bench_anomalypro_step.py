@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the authors' step
+
+from anomalypro_reference import reference_train_step  # noqa: E402
 
 from anomaly_bench.methods.medai_anomalypro import (  # noqa: E402
     AnomalyProTrainer,
@@ -38,7 +41,6 @@ from anomaly_bench.methods.medai_anomalypro import (  # noqa: E402
     Generator,
     MedAIAnomalyPro,
     auto_critic_layers,
-    reference_train_step,
     resolve_layout,
 )
 

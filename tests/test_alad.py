@@ -1,4 +1,4 @@
-"""ALAD (anomaly_bench/methods/alad.py): networks, losses, training, scoring, persistence, resume."""
+"""ALAD (anomaly_bench/methods/alad/): networks, losses, training, scoring, persistence, resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from anomaly_bench.core.config import method_params
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import FitContext, TrainSets
 from anomaly_bench.core.registry import get_method
-from anomaly_bench.harness.trainer import EpochSampler, keep_bn_stats
+from anomaly_bench.harness.sampler import BatchSampler as EpochSampler
+from anomaly_bench.harness.trainer import keep_bn_stats
 from anomaly_bench.methods.alad import (
     ALAD,
     build_networks,

@@ -1,4 +1,4 @@
-"""ALOCC (anomaly_bench/methods/alocc.py): networks, TF geometry, losses, noise, training, scoring, resume."""
+"""ALOCC (anomaly_bench/methods/alocc/): networks, TF geometry, losses, noise, training, scoring, resume."""
 
 from __future__ import annotations
 

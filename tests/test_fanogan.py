@@ -13,7 +13,7 @@ from torch import nn
 from anomaly_bench.core.config import method_params
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, TrainSets
-from anomaly_bench.harness.trainer import ResumableBatchSampler
+from anomaly_bench.harness.sampler import BatchSampler as ResumableBatchSampler
 from anomaly_bench.methods.fanogan import (
     Critic,
     Encoder,

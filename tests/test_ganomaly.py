@@ -123,8 +123,8 @@ def test_d_step_ignores_the_generator_loss_and_uses_pre_step_predictions():
     D step uses the predictions made before the G step (authors' order)."""
     x = one_blob(8, 32, 0)
     a, b = _fresh(), _fresh(w_adv=100.0, w_con=1.0)
-    a.train_step(x)
-    b.train_step(x)
+    a.training_step(x)
+    b.training_step(x)
     for (k, va), vb in zip(a.D.state_dict().items(), b.D.state_dict().values()):
         assert torch.equal(va, vb), k
     assert not torch.equal(a.G.encoder1.main[0].weight, b.G.encoder1.main[0].weight)
@@ -144,7 +144,7 @@ def test_d_step_matches_a_manual_step():
     opt.zero_grad()
     loss.backward()
     opt.step()
-    out = m.train_step(x)
+    out = m.training_step(x)
     assert out["d_loss"].item() == pytest.approx(loss.item(), rel=1e-6)
     torch.testing.assert_close(m.D.features[0].weight, ref.features[0].weight)
 

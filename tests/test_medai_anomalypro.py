@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from anomalypro_reference import reference_train_step
 
 from anomaly_bench.core.config import method_params
 from anomaly_bench.core.errors import ConfigError, TrainingError
@@ -32,7 +33,6 @@ from anomaly_bench.methods.medai_anomalypro import (
     lr_factor,
     mask_small_loss,
     mask_zero_one_loss,
-    reference_train_step,
     split_head,
 )
 

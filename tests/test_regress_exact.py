@@ -52,7 +52,7 @@ def test_clean_code_matches_the_reference_under_another_kernel_path():
 
 
 def test_a_flipped_loss_sign_in_one_gan_fails(monkeypatch):
-    import anomaly_bench.methods.ganomaly as mod
+    import anomaly_bench.methods.ganomaly.method as mod
 
     orig = mod.discriminator_loss
     monkeypatch.setattr(mod, "discriminator_loss", lambda real, fake: -orig(real, fake))
@@ -62,7 +62,7 @@ def test_a_flipped_loss_sign_in_one_gan_fails(monkeypatch):
 
 
 def test_a_changed_score_formula_fails(monkeypatch):
-    import anomaly_bench.methods.medai_anomalypro as mod
+    import anomaly_bench.methods.medai_anomalypro.method as mod
 
     monkeypatch.setattr(mod, "anomaly_map", lambda x, t: (x - t).pow(2).mean(1) / 4.0)  # squared, not |x - B0|/2
     status, problems = _problems(["medai_anomalypro"])

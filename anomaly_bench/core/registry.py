@@ -1,9 +1,10 @@
 """Registries for methods and dataset formats (timm style: a decorator per family, plugins by entry point).
 
-Built-in methods live one family per file in ``anomaly_bench/methods/`` and register themselves with
-``@register_method("name")``. Third-party methods register the same way from their own package, listed
-under the entry-point group ``anomaly_bench.methods`` (or ``anomaly_bench.datasets`` for dataset
-formats), or are loaded for one run with ``--plugin path/to/file.py`` / ``--plugin package.module``.
+Built-in methods live one family per module or subpackage of ``anomaly_bench/methods/`` (a subpackage's
+``__init__`` imports its method module) and register themselves with ``@register_method("name")``.
+Third-party methods register the same way from their own package, listed under the entry-point group
+``anomaly_bench.methods`` (or ``anomaly_bench.datasets`` for dataset formats), or are loaded for one run
+with ``--plugin path/to/file.py`` / ``--plugin package.module``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""Training-loop helpers shared by the from-scratch GAN methods (ALAD, ALOCC, f-AnoGAN, GANomaly).
+"""The one trainer of the iteration-counted methods (ALAD, ALOCC, autoencoder, f-AnoGAN, GANomaly, MedAI AnomalyPro).
 
-Resumable batch samplers, a BatchNorm context that uses batch statistics without updating the running
-ones, module-mode and input checks around scoring, RNG and state snapshots for resume files, the
-resume-state checks, and the end-of-iteration bookkeeping (loss log, selection checkpoints, resume states)
-of an iteration-counted trainer.
+A method builds its networks and optimisers and supplies a ``training_step(batch) -> dict of losses``; schedules
+that differ (f-AnoGAN's two stages, AnomalyPro's critic steps per generator step, GANomaly's discriminator
+re-initialisation, ALAD's EMA) stay in the method's step. :class:`Trainer` owns the rest: the loop, the batch
+samplers (:class:`BatchSampler`, the one resumable sampler), the global RNG state, the resume file and the check
+that it was written with the same settings, the loss log (``losses.csv``; a non-finite loss stops the run), label-free
+selection checkpoints with a per-checkpoint hook, and the progress bar. Also here: a BatchNorm context that uses
+batch statistics without updating the running ones, module-mode and input checks around scoring, RNG and state
+snapshots. PaDiM and PatchCore (no iterative training) keep their own ``fit``.
 """
 
 from __future__ import annotations
@@ -16,81 +20,12 @@ from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext
+from anomaly_bench.harness.sampler import BatchSampler
 
-
-# --------------------------------------------------------------------------------------------------
-# batch samplers
-# --------------------------------------------------------------------------------------------------
-class EpochSampler:
-    """Reproducible, resumable epochs of shuffled index batches (drop-last).
-
-    ``streams`` independent permutations are drawn per epoch (ALAD: one for the D step, one for the G/E
-    step). The state is the generator state at the start of the current epoch plus the position, so a
-    resumed run replays exactly the same batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, streams: int = 1,
-                 shuffle: bool = True):
-        self.n, self.bs, self.gen, self.streams, self.shuffle = n, min(batch_size, n), generator, streams, shuffle
-        self.batches_per_epoch = n // self.bs
-        self.epoch, self.pos = 0, 0
-        self._start_epoch()
-
-    def _start_epoch(self) -> None:
-        self._epoch_state = self.gen.get_state()
-        if self.shuffle:
-            self.perms = [torch.randperm(self.n, generator=self.gen) for _ in range(self.streams)]
-        else:
-            self.perms = [torch.arange(self.n) for _ in range(self.streams)]
-
-    def next(self) -> list[torch.Tensor]:
-        if self.pos >= self.batches_per_epoch:
-            self.epoch += 1
-            self.pos = 0
-            self._start_epoch()
-        s = slice(self.pos * self.bs, (self.pos + 1) * self.bs)
-        self.pos += 1
-        return [p[s] for p in self.perms]
-
-    def state_dict(self) -> dict:
-        return {"epoch_state": self._epoch_state.clone(), "epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["epoch_state"])
-        self.epoch = state["epoch"]
-        self._start_epoch()
-        self.pos = state["pos"]
-
-
-class ResumableBatchSampler:
-    """Shuffled batch indices, epoch after epoch, drawn with ``generator`` (same sequence as
-    :func:`anomaly_bench.nn.common.batch_stream` with ``drop_last=True``), whose position can be saved
-    so that a resumed run draws exactly the batches an uninterrupted run would have drawn."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
-        self.n, self.bs, self.generator = n, min(batch_size, n), generator
-        self.stop = n - n % self.bs
-        self.perm: torch.Tensor | None = None
-        self.pos = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.stop // self.bs
-
-    def next_indices(self) -> torch.Tensor:
-        if self.perm is None or self.pos >= self.stop:
-            self.perm = torch.randperm(self.n, generator=self.generator)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + self.bs]
-        self.pos += self.bs
-        return idx
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"perm": self.perm, "pos": self.pos, "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.perm, self.pos = state["perm"], int(state["pos"])
-        self.generator.set_state(state["generator"])
+#: the resume file format written by :class:`Trainer` (files of other formats restart the job from scratch)
+RESUME_FORMAT = "anomaly_bench.trainer/1"
+#: parameters that may differ between an interrupted run and its resumption (methods add their own)
+RESUME_FREE = ("device", "log_every", "resume_every", "checkpoint_every", "score_batch_size")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,65 +97,161 @@ def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def check_resume_arch(method: str, ctx: FitContext, saved: Any, arch: dict) -> None:
-    """A resume state must have been written for the architecture this run builds."""
-    if saved != arch:
-        raise ConfigError(f"{method}: resume state in {ctx.resume_path} was written for another architecture "
-                          f"({saved} vs {arch}); delete it or use a fresh work folder")
+def cpu_copy(obj: Any) -> Any:
+    """A detached CPU copy of the tensors in nested dicts, lists and tuples (safe to save while training goes on)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
 
 
-# --------------------------------------------------------------------------------------------------
-# end-of-iteration bookkeeping
-# --------------------------------------------------------------------------------------------------
 def due(every: int, it: int) -> bool:
     """Every ``every`` iterations (never when ``every <= 0``)."""
     return every > 0 and it % every == 0
 
 
-class IterationRun:
-    """The bookkeeping of an iteration-counted trainer (ALAD, ALOCC) around its own networks and optimisers.
+# --------------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------------
+class Trainer:
+    """The loop and the bookkeeping of one method's ``fit`` around its own networks, optimisers and training step.
 
-    * ``total``: ``params["iterations"]`` when > 0, else ``params["epochs"]`` epochs of ``sampler``;
-    * :meth:`resume`: the context's resume state, if any (architecture checked, sampler and RNG restored);
-    * :meth:`resume_header`: what a resume state holds besides networks and optimisers (architecture,
-      iteration, sampler position, global RNG state);
-    * :meth:`end_iteration`: loss means over ``params["log_every"]`` iterations (and the last) to
-      ``losses.csv``, a selection checkpoint when the context wants one, and a resume state every
-      ``params["resume_every"]`` iterations and at the end; both states are built only when saved.
+    * ``total`` iterations of ``training_step(batch)``; ``batch`` is the next batch of the one sampler in
+      ``samplers`` (:meth:`BatchSampler.next_batch`), or a tuple with one batch per sampler. A step that needs more
+      batches (f-AnoGAN's critic steps) draws them from its sampler itself. :attr:`iteration` is the number of
+      finished iterations (the 0-based index of the running one inside ``training_step``).
+    * ``state``: what a resume file holds besides the samplers and the global RNG, by name: modules, optimisers,
+      ``torch.Generator``\\ s (anything with ``state_dict``/``load_state_dict``); ``extra``: a ``(get, set)`` pair for
+      more (plain values; saved beside ``state``).
+    * Resume: the context's resume file (format :data:`RESUME_FORMAT`) is loaded by :meth:`run` when the method's
+      parameters (but those in :data:`RESUME_FREE` and ``resume_free``) and ``arch`` are the ones it was written
+      with, else a :class:`ConfigError` names the differences; a file of another format restarts from scratch. It is
+      written every ``params["resume_every"]`` iterations, at the ``boundaries`` and at the end.
+    * Loss log: each loss's mean (``log_sums``: its sum) over the iterations since the last row, every
+      ``params["log_every"]`` iterations, at the ``boundaries`` and at the end, to ``losses.csv``; a loss missing from
+      a window repeats its last value (``log_defaults`` before the first). A non-finite loss stops the run
+      (:meth:`FitContext.log_losses`). Losses may be device tensors: they are read once per row.
+    * Selection checkpoints: ``method.state_dict()`` at iteration ``it`` when the context wants one for
+      ``checkpoint_index(it)`` (default ``it``; ``None``: never), then ``on_checkpoint(it, state)``.
+    * During :meth:`run` the method reaches the trainer as ``method._trainer``; that attribute and the method's
+      training-only attributes named in ``release`` (optimisers, training data, generators) are deleted when the
+      run ends, so a fitted model holds only what scoring needs.
     """
 
-    def __init__(self, method: str, ctx: FitContext, params: dict, arch: dict, sampler: EpochSampler,
-                 device: torch.device):
-        self.method, self.ctx, self.arch, self.sampler, self.device = method, ctx, arch, sampler, device
-        self.total = params["iterations"] if params["iterations"] > 0 else params["epochs"] * sampler.batches_per_epoch
+    def __init__(self, method: AnomalyMethod, ctx: FitContext | None, *, total: int, arch: dict,
+                 samplers: dict[str, BatchSampler], state: dict[str, Any], resume_free: Iterable[str] = (),
+                 extra: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+                 boundaries: Iterable[int] = (), log_sums: Iterable[str] = (), log_defaults: dict | None = None,
+                 checkpoint_index: Callable[[int], int | None] | None = None,
+                 on_checkpoint: Callable[[int, dict], None] | None = None, release: Iterable[str] = ()):
+        self.method, self.ctx = method, ctx or FitContext(progress=False)
+        self.name, self.device, params = method.name, method.device, method.params
+        self.total, self.arch, self.samplers, self.state, self.extra = total, arch, samplers, state, extra
         self.log_every, self.resume_every = params["log_every"], params["resume_every"]
-        self._acc: dict[str, list[torch.Tensor]] = {}
+        self.resume_free = {*RESUME_FREE, *resume_free}
+        self.boundaries, self.log_sums = set(boundaries), set(log_sums)
+        self.checkpoint_index = checkpoint_index or (lambda it: it)
+        self.on_checkpoint, self.release = on_checkpoint, tuple(release)
+        #: the last row written to the loss log
+        self.last_row: dict[str, float] = dict(log_defaults or {})
+        self.iteration = 0
+        self._acc: dict[str, list] = {}
 
-    def resume(self) -> tuple[dict | None, int]:
-        """``(state, iteration)`` of the context's resume state (``(None, 0)`` on a fresh start); the caller
-        restores its networks and optimisers from ``state``."""
-        state = self.ctx.load_resume()
-        if state is None:
-            return None, 0
-        check_resume_arch(self.method, self.ctx, state.get("arch"), self.arch)
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"], self.device)
-        it = state["iteration"]
-        self.ctx.info(f"{self.method}: resumed at iteration {it}/{self.total}")
-        return state, it
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, training_step: Callable[[Any], dict[str, Any]]) -> None:
+        self.method._trainer = self
+        try:
+            self.iteration = self._resume()
+            with self.ctx.progress_bar(self.total, "train", initial=min(self.iteration, self.total)) as pbar:
+                while self.iteration < self.total:
+                    batches = [s.next_batch() for s in self.samplers.values()]
+                    losses = training_step(batches[0] if len(batches) == 1 else tuple(batches))
+                    self.iteration += 1
+                    pbar.update(1)
+                    self._end_iteration(losses, pbar)
+        finally:
+            for name in ("_trainer", *self.release):
+                if hasattr(self.method, name):
+                    delattr(self.method, name)
 
-    def resume_header(self, it: int) -> dict:
-        return {"arch": self.arch, "iteration": it, "sampler": self.sampler.state_dict(),
-                "rng": rng_state(self.device)}
-
-    def end_iteration(self, it: int, losses: dict[str, torch.Tensor], scoring_state: Callable[[], dict],
-                      resume_state: Callable[[], dict]) -> None:
+    def _end_iteration(self, losses: dict[str, Any], pbar) -> None:
+        it = self.iteration
         for k, v in losses.items():
-            self._acc.setdefault(k, []).append(v.detach())
-        if due(self.log_every, it) or it == self.total:
-            self.ctx.log_losses(it, {k: torch.stack(v).mean().item() for k, v in self._acc.items()})
-            self._acc = {}
-        if self.ctx.wants_checkpoint(it):
-            self.ctx.save_selection_checkpoint(it, scoring_state())
-        if due(self.resume_every, it) or it == self.total:
-            self.ctx.save_resume(resume_state())
+            self._acc.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
+        if due(self.log_every, it) or it == self.total or it in self.boundaries:
+            row = {k: self._reduce(k, v) for k, v in self._acc.items()}
+            row.update({k: v for k, v in self.last_row.items() if k not in row})
+            self.last_row, self._acc = row, {}
+            pbar.set_postfix({k: f"{v:.3g}" for k, v in row.items()}, refresh=False)
+            self.ctx.log_losses(it, row)  # raises TrainingError on a non-finite loss
+        index = self.checkpoint_index(it)
+        if index is not None and self.ctx.wants_checkpoint(index):
+            self.method.fitted_ = True
+            scoring_state = self.method.state_dict()
+            self.ctx.save_selection_checkpoint(it, scoring_state)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(it, scoring_state)
+        if self.ctx.resume_path is not None and (due(self.resume_every, it) or it == self.total
+                                                 or it in self.boundaries):
+            self.ctx.save_resume(self.resume_state())
+
+    def _reduce(self, key: str, values: list) -> float:
+        if isinstance(values[0], torch.Tensor):
+            t = torch.stack(values)
+            return float(t.sum() if key in self.log_sums else t.mean())
+        return float(sum(values)) if key in self.log_sums else float(sum(values)) / len(values)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Any]:
+        held = {k: v.get_state() if isinstance(v, torch.Generator) else v.state_dict() for k, v in self.state.items()}
+        if self.extra is not None:
+            held.update(self.extra[0]())
+        return cpu_copy({
+            "format": RESUME_FORMAT, "method": self.name, "iteration": self.iteration,
+            "step": self.iteration,  # the same count under the name the GAN methods used
+            "params": dict(self.method.params), "arch": self.arch, "trainer": held,
+            "samplers": {k: s.state_dict() for k, s in self.samplers.items()}, "rng": rng_state(self.device),
+            "log": {"window": self._acc, "last_row": self.last_row}})
+
+    def _resume(self) -> int:
+        st = self.ctx.load_resume()
+        if st is None:
+            return 0
+        if st.get("format") != RESUME_FORMAT:
+            log = self.ctx.workdir / "losses.csv"
+            if log.exists():  # its rows would repeat the iterations trained again
+                log.replace(log.with_name("losses.before-restart.csv"))
+            self.ctx.info(f"{self.name}: the resume state in {self.ctx.resume_path} was written by an older version "
+                          f"(another format); training from scratch (old loss log: losses.before-restart.csv)")
+            return 0
+        self._check_settings(st)
+        for k, v in self.state.items():
+            if isinstance(v, torch.Generator):
+                v.set_state(st["trainer"][k])
+            else:
+                v.load_state_dict(st["trainer"][k])
+        if self.extra is not None:
+            self.extra[1](st["trainer"])
+        for k, s in self.samplers.items():
+            s.load_state_dict(st["samplers"][k])
+        set_rng_state(st["rng"], self.device)
+        self._acc = {k: [v.to(self.device) if isinstance(v, torch.Tensor) else v for v in vals]
+                     for k, vals in st["log"]["window"].items()}
+        self.last_row = dict(st["log"]["last_row"])
+        it = int(st["iteration"])
+        self.ctx.info(f"{self.name}: resumed from iteration {it}/{self.total} ({self.ctx.resume_path})")
+        return it
+
+    def _check_settings(self, st: dict[str, Any]) -> None:
+        """The resume file must have been written with this run's settings and architecture."""
+        old = {k: v for k, v in st["params"].items() if k not in self.resume_free}
+        new = {k: v for k, v in self.method.params.items() if k not in self.resume_free}
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff or st["arch"] != self.arch:
+            what = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff) or \
+                f"architecture {st['arch']} -> {self.arch}"
+            raise ConfigError(f"{self.name}: the resume state in {self.ctx.resume_path} was written with other "
+                              f"settings ({what}); use a fresh work folder or the original settings")

@@ -1,4 +1,4 @@
-"""Helpers every trainer needs: seeding, batch sampling, batched scoring, EMA, linear LR decay."""
+"""Helpers the methods share: seeding, the reference batch order, batched scoring, EMA, linear LR decay."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def batch_stream(data: torch.Tensor, batch_size: int, generator: torch.Generator,
                  drop_last: bool = True, start: int = 0) -> Iterator[torch.Tensor]:
-    """Endless epochs of shuffled batches (indices drawn with ``generator``, so reproducible).
+    """Endless epochs of shuffled batches (indices drawn with ``generator``, so reproducible): the batch order the
+    trainer's resumable :class:`anomaly_bench.harness.sampler.BatchSampler` follows (its tests compare with this).
 
     ``data`` may live on any device; batches are indexed there (no host copy). ``start`` skips the first
     ``start`` batches cheaply (only the permutations are drawn), so a resumed run that re-seeds the

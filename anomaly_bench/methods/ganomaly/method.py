@@ -48,144 +48,17 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
+from anomaly_bench.methods.ganomaly.loss import discriminator_loss, generator_losses, latent_score
+from anomaly_bench.methods.ganomaly.torch_model import NetD, NetG, check_size, maybe_reinit_discriminator, weights_init
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 
-# ---------------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------------
-
-
-def check_size(size: int) -> None:
-    if size < 16 or size & (size - 1):
-        raise ConfigError(f"ganomaly: image size {size} is not supported; use a power of two >= 16 "
-                          f"(32 = authors' default, 64, 128, 256); resize the dataset")
-
-
-def dcgan_encoder_layers(isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0) -> list[nn.Module]:
-    """The authors' DCGAN ``Encoder.main`` as a layer list (last = final conv to ``nz``)."""
-    check_size(isize)
-    layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-    csize, c = isize // 2, ndf
-    for _ in range(extra_layers):
-        layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)]
-    while csize > 4:
-        layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, inplace=True)]
-        c, csize = 2 * c, csize // 2
-    layers.append(nn.Conv2d(c, nz, 4, 1, 0, bias=False))
-    return layers
-
-
-class DCGANEncoder(nn.Module):
-    def __init__(self, isize: int, nz: int, nc: int, ndf: int, extra_layers: int = 0):
-        super().__init__()
-        self.main = nn.Sequential(*dcgan_encoder_layers(isize, nz, nc, ndf, extra_layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
-
-
-class DCGANDecoder(nn.Module):
-    def __init__(self, isize: int, nz: int, nc: int, ngf: int, extra_layers: int = 0):
-        super().__init__()
-        check_size(isize)
-        c = ngf // 2 * (isize // 4)
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
-        csize = 4
-        while csize < isize // 2:
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
-            c, csize = c // 2, csize * 2
-        for _ in range(extra_layers):
-            layers += [nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(c, nc, 4, 2, 1, bias=False), nn.Tanh()]
-        self.main = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z)
-
-
-class NetG(nn.Module):
-    """E1 → decoder → E2; returns (x̂, z, ẑ) with z, ẑ of shape (B, nz, 1, 1)."""
-
-    def __init__(self, isize: int, nc: int, nz: int, ngf: int, extra_layers: int = 0):
-        super().__init__()
-        self.encoder1 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
-        self.decoder = DCGANDecoder(isize, nz, nc, ngf, extra_layers)
-        self.encoder2 = DCGANEncoder(isize, nz, nc, ngf, extra_layers)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z = self.encoder1(x)
-        x_hat = self.decoder(z)
-        return x_hat, z, self.encoder2(x_hat)
-
-
-class NetD(nn.Module):
-    """DCGAN encoder with nz = 1; returns (probability (B,), features (B, C, 4, 4))."""
-
-    def __init__(self, isize: int, nc: int, ndf: int, extra_layers: int = 0):
-        super().__init__()
-        layers = dcgan_encoder_layers(isize, 1, nc, ndf, extra_layers)
-        self.features = nn.Sequential(*layers[:-1])
-        self.classifier = nn.Sequential(layers[-1], nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return self.classifier(f).view(-1), f
-
-
-def weights_init(module: nn.Module) -> None:
-    """The authors' ``weights_init`` (apply with ``net.apply``)."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------------
-
-
-def generator_losses(feat_real: torch.Tensor, feat_fake: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor,
-                     z: torch.Tensor, z_hat: torch.Tensor, w_adv: float, w_con: float,
-                     w_enc: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L_G, L_adv, L_con, L_enc): feature matching (L2), L1 reconstruction, L2 latent."""
-    adv = (feat_real - feat_fake).pow(2).mean()
-    con = (x - x_hat).abs().mean()
-    enc = (z - z_hat).pow(2).mean()
-    return w_adv * adv + w_con * con + w_enc * enc, adv, con, enc
-
-
-def discriminator_loss(pred_real: torch.Tensor, pred_fake: torch.Tensor) -> torch.Tensor:
-    """0.5·[BCE(D(x), 1) + BCE(D(x̂), 0)] on sigmoid outputs (``nn.BCELoss``, log clamped at -100)."""
-    return 0.5 * (F.binary_cross_entropy(pred_real, torch.ones_like(pred_real))
-                  + F.binary_cross_entropy(pred_fake, torch.zeros_like(pred_fake)))
-
-
-def latent_score(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
-    """Per-image anomaly score mean_k (z_k - ẑ_k)²."""
-    return (z - z_hat).pow(2).flatten(1).mean(1)
-
-
-def maybe_reinit_discriminator(netd: nn.Module, d_loss: float, threshold: float) -> bool:
-    """The authors' ``reinit_d``: re-initialise D's weights when its loss fell below ``threshold``."""
-    if d_loss < threshold:
-        netd.apply(weights_init)
-        return True
-    return False
-
-
-# ---------------------------------------------------------------------------------------------------
-# Method
-# ---------------------------------------------------------------------------------------------------
-
+#: the columns of losses.csv (``d_reinits``: re-initialisations in the window)
 LOSS_KEYS = ("d_loss", "g_loss", "g_adv", "g_con", "g_enc", "d_reinits")
 
 
@@ -238,10 +111,12 @@ class GANomaly(AnomalyMethod):
             self.D = NetD(arch["size"], arch["channels"], arch["ndf"], arch["extra_layers"])
             self.D.apply(weights_init)
             self.D.to(self.device)
+            self.d_reinits_ = 0
 
     # -- training -----------------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One iteration in the authors' order; returns the losses (device tensors) and ``d_reinit``."""
+    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One iteration in the authors' order; returns the losses (device tensors) and ``d_reinits`` (1.0 when the
+        discriminator was re-initialised, counted in ``d_reinits_``)."""
         p = self.params
         self.G.train()
         self.D.train()
@@ -266,17 +141,14 @@ class GANomaly(AnomalyMethod):
         d_loss.backward()
         self.opt_d.step()
         reinit = maybe_reinit_discriminator(self.D, float(d_loss.detach()), p["d_reinit_threshold"])
+        self.d_reinits_ += int(reinit)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "g_adv": adv.detach(),
                 "g_con": con.detach(), "g_enc": enc.detach(), "d_reinits": float(reinit)}
 
-    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
-        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "d_reinits": self.d_reinits_, "params": dict(self.params)}
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("bn_test_mode", "residual_map")
 
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "GANomaly":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         if p["batch_size"] < 1 or p["epochs"] < 0:
             raise ConfigError(f"ganomaly: batch_size must be >= 1 and epochs >= 0, "
@@ -284,54 +156,23 @@ class GANomaly(AnomalyMethod):
         gen = seed_everything(p["seed"])
         self._build(self._arch(train.image_shape))
         data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
-        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
-        total = p["epochs"] * sampler.batches_per_epoch
+        sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
         lr, betas = float(p["lr"]), (float(p["beta1"]), 0.999)  # YAML may give ints
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.d_reinits_ = 0
 
-        step = 0
-        state = ctx.load_resume()
-        if state is not None:
-            check_resume_arch("ganomaly", ctx, state["arch"], self.arch_)
-            self.G.load_state_dict(state["G"])
-            self.D.load_state_dict(state["D"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
-            sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            self.d_reinits_ = int(state["d_reinits"])
-            step = int(state["step"])
-            ctx.info(f"ganomaly: resumed at iteration {step}/{total}")
+        def set_extra(held: dict[str, Any]) -> None:
+            self.d_reinits_ = int(held["d_reinits"])
 
-        sums: dict[str, Any] = {}
-        n_in_window = 0
-        pbar = ctx.progress_bar(total, "train", initial=step)
-        try:
-            while step < total:
-                x = data[sampler.next_indices().to(data.device)]
-                vals = self.train_step(x)
-                self.d_reinits_ += int(vals["d_reinits"])
-                for k in LOSS_KEYS:
-                    sums[k] = sums.get(k, 0.0) + vals[k]
-                n_in_window += 1
-                step += 1
-                pbar.update(1)
-                if due(p["log_every"], step) or step == total:
-                    row = {k: float(v) / n_in_window for k, v in sums.items()}
-                    row["d_reinits"] = float(sums["d_reinits"])  # count in the window, not a mean
-                    ctx.log_losses(step, row)
-                    sums, n_in_window = {}, 0
-                if ctx.wants_checkpoint(step):
-                    self.fitted_ = True
-                    ctx.save_selection_checkpoint(step, self.state_dict())
-                if step == total or due(p["resume_every"], step):
-                    ctx.save_resume(self._resume_state(step, sampler))
-        finally:
-            pbar.close()
+        trainer = Trainer(self, ctx, total=p["epochs"] * sampler.batches_per_epoch, arch=self.arch_,
+                          samplers={"x": sampler},
+                          state={"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d},
+                          extra=(lambda: {"d_reinits": self.d_reinits_}, set_extra), log_sums=("d_reinits",),
+                          resume_free=self.RESUME_FREE)
+        trainer.run(self.training_step)
         if self.d_reinits_:
-            ctx.info(f"ganomaly: the discriminator was re-initialised {self.d_reinits_} time(s)")
+            trainer.ctx.info(f"ganomaly: the discriminator was re-initialised {self.d_reinits_} time(s)")
         self.G.eval()
         self.D.eval()
         self.fitted_ = True
@@ -364,4 +205,3 @@ class GANomaly(AnomalyMethod):
         self.G.load_state_dict(state["G"])
         self.G.eval()
         self.fitted_ = True
-

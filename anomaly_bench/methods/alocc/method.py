@@ -60,164 +60,19 @@ import contextlib
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import (
-    EpochSampler,
-    IterationRun,
-    check_scorable,
-    cpu_state,
-    keep_bn_stats,
-    train_mode,
-)
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_scorable, cpu_state, keep_bn_stats, train_mode
+from anomaly_bench.methods.alocc.loss import add_noise, bce, discriminator_loss, refinement_loss
+from anomaly_bench.methods.alocc.torch_model import PRESETS, build_networks
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
 
-LEAK = 0.2
-INIT_STD = 0.02
 NOISE_SEED_OFFSET = 7_919
 
-PRESETS = {
-    # code: df = gf = 16, 3 encoder stages (models.py); BN eps 1e-5 (ops.py)
-    "code": {"width": 16, "r_enc": [2, 4, 8], "r_dec": [2, 1], "d": [1, 2, 4, 8], "bn_eps": 1e-5},
-    # paper Fig. 3/4: 64-128-256-512; BN eps 1e-6
-    "paper": {"width": 64, "r_enc": [1, 2, 4, 8], "r_dec": [4, 2, 1], "d": [1, 2, 4, 8], "bn_eps": 1e-6},
-}
 
-
-def preset_widths(preset: str, width: int) -> dict[str, list[int]]:
-    """Layer widths of a preset as multiples of ``width`` (0 = the preset's own: 16 code, 64 paper)."""
-    pre = PRESETS[preset]
-    w = width or pre["width"]
-    return {k: [w * m for m in pre[k]] for k in ("r_enc", "r_dec", "d")}
-
-
-# --------------------------------------------------------------------------------------------------
-# networks
-# --------------------------------------------------------------------------------------------------
-class SameConv(nn.Module):
-    """``tf.nn.conv2d(k=5, s=2, 'SAME')`` on even inputs: pad 1 before and 2 after, then a VALID conv."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 5, 2, 0)
-        nn.init.trunc_normal_(self.conv.weight, 0.0, INIT_STD, -2 * INIT_STD, 2 * INIT_STD)  # TF truncates at 2 sd
-        nn.init.zeros_(self.conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (1, 2, 1, 2)))
-
-
-class SameDeconv(nn.Module):
-    """``tf.nn.conv2d_transpose(k=5, s=2, 'SAME')`` to 2H: a VALID transposed conv (2H+3) cropped [1:1+2H]."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.deconv = nn.ConvTranspose2d(c_in, c_out, 5, 2, 0)
-        nn.init.normal_(self.deconv.weight, 0.0, INIT_STD)
-        nn.init.zeros_(self.deconv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        return self.deconv(x)[..., 1:1 + 2 * h, 1:1 + 2 * w]
-
-
-def _bn(c: int, eps: float) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=eps, momentum=0.1)  # TF decay 0.9
-
-
-class Refiner(nn.Module):
-    """R: encoder (conv, BN, LReLU)* then decoder (deconv, BN, ReLU)* and a last deconv to C + tanh."""
-
-    def __init__(self, in_ch: int, enc: list[int], dec: list[int], bn_eps: float):
-        super().__init__()
-        if len(dec) != len(enc) - 1:
-            raise ValueError("alocc: R needs len(dec) == len(enc) - 1")
-        layers: list[nn.Module] = []
-        c_prev = in_ch
-        for c in enc:
-            layers += [SameConv(c_prev, c), _bn(c, bn_eps), nn.LeakyReLU(LEAK)]
-            c_prev = c
-        for c in dec:
-            layers += [SameDeconv(c_prev, c), _bn(c, bn_eps), nn.ReLU()]
-            c_prev = c
-        layers += [SameDeconv(c_prev, in_ch), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class Discriminator(nn.Module):
-    """D: conv (no BN on the first), BN, LReLU per stage, flatten, linear -> logit."""
-
-    def __init__(self, in_ch: int, size: int, widths: list[int], bn_eps: float):
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_prev = in_ch
-        for i, c in enumerate(widths):
-            layers.append(SameConv(c_prev, c))
-            if i > 0:
-                layers.append(_bn(c, bn_eps))
-            layers.append(nn.LeakyReLU(LEAK))
-            c_prev = c
-        self.net = nn.Sequential(*layers, nn.Flatten())
-        side = size // 2 ** len(widths)
-        self.out = nn.Linear(c_prev * side * side, 1)
-        nn.init.normal_(self.out.weight, 0.0, INIT_STD)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.net(x)).squeeze(1)
-
-
-def build_networks(arch: dict) -> tuple[Refiner, Discriminator]:
-    eps = PRESETS[arch["preset"]]["bn_eps"]
-    w = preset_widths(arch["preset"], arch["width"])
-    return (Refiner(arch["in_ch"], w["r_enc"], w["r_dec"], eps),
-            Discriminator(arch["in_ch"], arch["size"], w["d"], eps))
-
-
-# --------------------------------------------------------------------------------------------------
-# losses (models.py build_model) and noise (kh_tools.get_noisy_data)
-# --------------------------------------------------------------------------------------------------
-def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
-def tf_sigmoid_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``tf.nn.sigmoid_cross_entropy_with_logits`` element-wise, valid for any real labels:
-    ``max(x, 0) - x * z + log(1 + exp(-|x|))``."""
-    return F.relu(logits) - logits * labels + F.softplus(-logits.abs())
-
-
-def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
-    return bce(logit_real, 1.0) + bce(logit_fake, 0.0)
-
-
-def refinement_loss(kind: str, refined: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    if kind == "code_bce_noisy":
-        return tf_sigmoid_ce(refined, noisy).mean()
-    return (refined - clean).pow(2).mean()
-
-
-def refiner_loss(logit_fake: torch.Tensor, l_r: torch.Tensor, weight: float) -> torch.Tensor:
-    return bce(logit_fake, 1.0) + weight * l_r
-
-
-def add_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise clipped to [-1, 1] (skimage ``random_noise`` clips to [-1,1] for signed input)."""
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return (x + std * noise.to(x.device)).clamp_(-1.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------------
-# the method
-# --------------------------------------------------------------------------------------------------
 @register_method("alocc")
 class ALOCC(AnomalyMethod):
     """ALOCC (Sabokrou et al., CVPR 2018). See the module docstring for code-faithfulness and deviations."""
@@ -282,70 +137,60 @@ class ALOCC(AnomalyMethod):
         key = self.params["seed"] * 1_000_003 + NOISE_SEED_OFFSET + (epoch if self.params["noise_per_epoch"] else 0)
         return add_noise(data, self.params["noise_std"], torch.Generator().manual_seed(key))
 
+    #: scoring-only parameters: a resumed run may change them
+    RESUME_FREE = ("bn_test_mode", "score", "return_maps")
+
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "ALOCC":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         gen = seed_everything(p["seed"])
         arch = self._arch(train.image_shape)
         self._build(arch)
         R, D = self.refiner_.train(), self.disc_.train()
-        opt_d = TFRMSprop(D.parameters(), lr=p["lr"])
-        opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
-        data = train.healthy.to(dev)
-        sampler = EpochSampler(len(data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
-        run = IterationRun("alocc", ctx, p, arch, sampler, dev)
-        w_r, kind = self.refinement_weight, p["refinement_loss"]
-
-        state, it = run.resume()
-        if state is not None:
-            R.load_state_dict(state["refiner"])
-            D.load_state_dict(state["disc"])
-            opt_r.load_state_dict(state["opt_r"])
-            opt_d.load_state_dict(state["opt_d"])
-
-        def resume_state() -> dict:
-            return {**run.resume_header(it), "refiner": cpu_state(R), "disc": cpu_state(D),
-                    "opt_r": opt_r.state_dict(), "opt_d": opt_d.state_dict()}
-
-        noisy_epoch, noisy = -1, None
-        pbar = ctx.progress_bar(run.total, "train", initial=it)
-        while it < run.total:
-            (idx,) = sampler.next()
-            epoch = sampler.epoch if p["noise_per_epoch"] else 0
-            if epoch != noisy_epoch:
-                noisy, noisy_epoch = self._noisy(data, epoch), epoch
-            idx = idx.to(dev)
-            x, x_noisy = data[idx], noisy[idx]
-
-            # D step: real clean batch vs refined noisy batch (R in train mode, its BN statistics update)
-            with torch.no_grad():
-                refined = R(x_noisy)
-            d_loss = discriminator_loss(D(x), D(refined))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-
-            # R steps (the code runs g_optim twice on the same noisy batch)
-            set_requires_grad(D, False)
-            for _ in range(p["r_steps"]):
-                refined = R(x_noisy)
-                adv = bce(D(refined), 1.0)
-                l_r = refinement_loss(kind, refined, x_noisy, x)
-                r_loss = adv + w_r * l_r
-                opt_r.zero_grad(set_to_none=True)
-                r_loss.backward()
-                opt_r.step()
-            set_requires_grad(D, True)
-
-            it += 1
-            pbar.update(1)
-            run.end_iteration(it, {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r},
-                              self.state_dict, resume_state)
-        pbar.close()
+        self._opt_d = TFRMSprop(D.parameters(), lr=p["lr"])
+        self._opt_r = TFRMSprop(R.parameters(), lr=p["lr"])
+        self._data = train.healthy.to(dev)
+        self._sampler = BatchSampler(len(self._data), p["batch_size"], gen, streams=1, shuffle=p["shuffle"])
+        self._noisy_epoch, self._noisy_data = -1, None
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * self._sampler.batches_per_epoch
+        state = {"refiner": R, "disc": D, "opt_r": self._opt_r, "opt_d": self._opt_d}
+        trainer = Trainer(self, ctx, total=total, arch=arch, samplers={"x": self._sampler}, state=state,
+                          resume_free=self.RESUME_FREE,
+                          release=("_opt_d", "_opt_r", "_data", "_sampler", "_noisy_epoch", "_noisy_data"))
+        trainer.run(self.training_step)
         R.eval()
         D.eval()
         self.fitted_ = True
         return self
+
+    def training_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D step and ``r_steps`` R steps on the clean batch ``data[idx]`` and its noisy copy."""
+        p, R, D, data = self.params, self.refiner_, self.disc_, self._data
+        epoch = self._sampler.epoch if p["noise_per_epoch"] else 0
+        if epoch != self._noisy_epoch:
+            self._noisy_data, self._noisy_epoch = self._noisy(data, epoch), epoch
+        idx = idx.to(data.device)
+        x, x_noisy = data[idx], self._noisy_data[idx]
+
+        # D step: real clean batch vs refined noisy batch (R in train mode, its BN statistics update)
+        with torch.no_grad():
+            refined = R(x_noisy)
+        d_loss = discriminator_loss(D(x), D(refined))
+        self._opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._opt_d.step()
+
+        # R steps (the code runs g_optim twice on the same noisy batch)
+        set_requires_grad(D, False)
+        for _ in range(p["r_steps"]):
+            refined = R(x_noisy)
+            adv = bce(D(refined), 1.0)
+            l_r = refinement_loss(p["refinement_loss"], refined, x_noisy, x)
+            r_loss = adv + self.refinement_weight * l_r
+            self._opt_r.zero_grad(set_to_none=True)
+            r_loss.backward()
+            self._opt_r.step()
+        set_requires_grad(D, True)
+        return {"d_loss": d_loss, "r_loss": r_loss, "r_adv": adv, "r_refine": l_r}
 
     # -- scoring ---------------------------------------------------------------------------------
     @torch.no_grad()

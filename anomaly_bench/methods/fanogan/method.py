@@ -50,198 +50,20 @@ of the stage not running are written as 0.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.core.registry import register_method
-from anomaly_bench.harness.trainer import ResumableBatchSampler, check_fitted, check_resume_arch, cpu_state, due
+from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
+from anomaly_bench.methods.fanogan.loss import gradient_penalty, izif_per_sample
+from anomaly_bench.methods.fanogan.torch_model import Critic, Encoder, Generator, frozen_bn_stats, n_resample_blocks
 from anomaly_bench.nn.common import map_batches, seed_everything, set_requires_grad
 from anomaly_bench.nn.optim import TFRMSprop
 
-# ---------------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------------
-
-
-def n_resample_blocks(size: int) -> int:
-    """Residual blocks between the 4x4 base and ``size`` (64 → 4, as in the authors' code)."""
-    if size < 8 or size & (size - 1):
-        raise ConfigError(f"fanogan: image size {size} is not supported; use a power of two >= 8 "
-                          f"(64 = authors' size, 128, 256); resize the dataset")
-    return int(math.log2(size)) - 2
-
-
-def critic_channels(dim: int, n_blocks: int) -> list[int]:
-    """Critic/encoder widths ``dim·[1, 2, 4, 8, 8, ...]`` (input conv output, then one per block)."""
-    return [dim * min(2 ** i, 8) for i in range(n_blocks + 1)]
-
-
-def tf_conv(cin: int, cout: int, k: int, he_init: bool = True, bias: bool = True) -> nn.Conv2d:
-    """Stride-1 'SAME' conv with tflib's uniform init (fan_out = cout·k², the pooling comes after)."""
-    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
-    std = math.sqrt((4.0 if he_init else 2.0) / (cin * k * k + cout * k * k))
-    nn.init.uniform_(conv.weight, -std * math.sqrt(3.0), std * math.sqrt(3.0))
-    if bias:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
-def tf_linear(fin: int, fout: int) -> nn.Linear:
-    """Linear with tflib's default Glorot-uniform init, bias 0."""
-    lin = nn.Linear(fin, fout)
-    std = math.sqrt(2.0 / (fin + fout))
-    nn.init.uniform_(lin.weight, -std * math.sqrt(3.0), std * math.sqrt(3.0))
-    nn.init.zeros_(lin.bias)
-    return lin
-
-
-def critic_norm(c: int) -> nn.Module:
-    """TF ``Layernorm`` over (C, H, W) per sample with per-channel scale/offset."""
-    return nn.GroupNorm(1, c, eps=1e-5)
-
-
-def tf_batchnorm(c: int) -> nn.Module:
-    """``tf.layers.batch_normalization`` defaults (momentum 0.99 → PyTorch 0.01, eps 1e-3)."""
-    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
-
-
-def upsample2(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2, mode="nearest")
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, resample: str, norm: Callable[[int], nn.Module]):
-        super().__init__()
-        if resample not in ("down", "up"):
-            raise ValueError(f"resample must be 'down' or 'up', got {resample!r}")
-        self.resample = resample
-        self.shortcut = tf_conv(cin, cout, 1, he_init=False)
-        if resample == "down":
-            self.norm1, self.conv1 = norm(cin), tf_conv(cin, cin, 3, bias=False)
-            self.norm2, self.conv2 = norm(cin), tf_conv(cin, cout, 3)
-        else:
-            self.norm1, self.conv1 = norm(cin), tf_conv(cin, cout, 3, bias=False)
-            self.norm2, self.conv2 = norm(cout), tf_conv(cout, cout, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resample == "down":
-            sc = self.shortcut(F.avg_pool2d(x, 2))
-            h = self.conv1(F.relu(self.norm1(x)))
-            h = F.avg_pool2d(self.conv2(F.relu(self.norm2(h))), 2)
-        else:
-            sc = self.shortcut(upsample2(x))
-            h = self.conv1(upsample2(F.relu(self.norm1(x))))
-            h = self.conv2(F.relu(self.norm2(h)))
-        return sc + h
-
-
-class DownTrunk(nn.Module):
-    """Input conv (Glorot, no activation) + down blocks → flattened (8·dim·4·4) features."""
-
-    def __init__(self, in_ch: int, size: int, dim: int, norm: Callable[[int], nn.Module]):
-        super().__init__()
-        ch = critic_channels(dim, n_resample_blocks(size))
-        self.input = tf_conv(in_ch, dim, 3, he_init=False)
-        self.blocks = nn.Sequential(*[ResidualBlock(a, b, "down", norm) for a, b in zip(ch[:-1], ch[1:])])
-        self.feature_dim = ch[-1] * 16
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.input(x)).flatten(1)
-
-
-class Critic(nn.Module):
-    """WGAN-GP critic D(x) (no sigmoid); ``features`` = f(x) used by the izif loss and the score."""
-
-    def __init__(self, in_ch: int, size: int, dim: int):
-        super().__init__()
-        self.trunk = DownTrunk(in_ch, size, dim, critic_norm)
-        self.output = tf_linear(self.trunk.feature_dim, 1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.trunk(x)).squeeze(1)
-
-
-class Encoder(nn.Module):
-    """izi_f encoder: the critic's trunk with BatchNorm, then linear → z (tanh for ``tanh_fc``)."""
-
-    def __init__(self, in_ch: int, size: int, dim: int, z_dim: int, z_reg: str = "tanh_fc"):
-        super().__init__()
-        self.trunk = DownTrunk(in_ch, size, dim, tf_batchnorm)
-        self.output = tf_linear(self.trunk.feature_dim, z_dim)
-        self.z_reg = z_reg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.output(self.trunk(x))
-        return torch.tanh(z) if self.z_reg == "tanh_fc" else z
-
-
-class Generator(nn.Module):
-    """Linear z → 8·dim×4×4, up blocks (mirror of the critic), BN, ReLU, 3x3 conv, tanh."""
-
-    def __init__(self, out_ch: int, size: int, dim: int, z_dim: int):
-        super().__init__()
-        ch = critic_channels(dim, n_resample_blocks(size))[::-1]
-        self.base = ch[0]
-        self.input = tf_linear(z_dim, ch[0] * 16)
-        self.blocks = nn.Sequential(*[ResidualBlock(a, b, "up", tf_batchnorm) for a, b in zip(ch[:-1], ch[1:])])
-        self.out_norm = tf_batchnorm(ch[-1])
-        self.out_conv = tf_conv(ch[-1], out_ch, 3)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.input(z).view(-1, self.base, 4, 4)
-        h = self.blocks(h)
-        return torch.tanh(self.out_conv(F.relu(self.out_norm(h))))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------------
-
-
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
-    """mean((‖∇_x̃ D(x̃)‖₂ - 1)²) with x̃ = real + alpha·(fake - real), the norm over all pixels."""
-    x = (real + alpha * (fake - real)).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
-    slopes = grad.flatten(1).pow(2).sum(1).sqrt()
-    return (slopes - 1.0).pow(2).mean()
-
-
-def izif_per_sample(x: torch.Tensor, x_rec: torch.Tensor, f_x: torch.Tensor, f_rec: torch.Tensor,
-                    kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image (total, pixel MSE, feature MSE): total = mean (x-x̂)² + κ·mean (f(x)-f(x̂))²."""
-    pix = (x - x_rec).pow(2).flatten(1).mean(1)
-    feat = (f_x - f_rec).pow(2).flatten(1).mean(1)
-    return pix + kappa * feat, pix, feat
-
-
-@contextmanager
-def frozen_bn_stats(module: nn.Module):
-    """Batch statistics are used (train mode) but running statistics stay as they are (momentum 0)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-
-
-# ---------------------------------------------------------------------------------------------------
-# Method
-# ---------------------------------------------------------------------------------------------------
-
+#: the columns of losses.csv (those of the stage not running are 0)
 LOSS_KEYS = ("stage", "d_loss", "g_loss", "gp", "wdist", "enc_loss", "enc_img", "enc_feat")
 
 
@@ -356,84 +178,49 @@ class FAnoGAN(AnomalyMethod):
             set_requires_grad(self.G, False)
             set_requires_grad(self.D, False)
 
-    def _resume_state(self, step: int, sampler: ResumableBatchSampler) -> dict[str, Any]:
-        return {"step": step, "arch": self.arch_, "G": cpu_state(self.G), "D": cpu_state(self.D),
-                "E": cpu_state(self.E), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "opt_e": self.opt_e.state_dict(), "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "params": dict(self.params)}
-
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "FAnoGAN":
-        ctx = ctx or FitContext(progress=False)
         p, dev = self.params, self.device
         for k in ("batch_size", "critic_iters"):
             if p[k] < 1:
                 raise ConfigError(f"fanogan: {k} must be >= 1, got {p[k]}")
-        gen = seed_everything(p["seed"])
+        self._gen = gen = seed_everything(p["seed"])
         self._build(self._arch(train.image_shape))
         data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
-        sampler = ResumableBatchSampler(len(data), p["batch_size"], gen)
-        g_iters, e_iters = self.generator_iterations(len(data)), p["encoder_iterations"]
-        total = g_iters + e_iters
+        self._sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
+        self._g_iters = g_iters = self.generator_iterations(len(data))
         lr, betas = float(p["lr"]), (float(p["beta1"]), float(p["beta2"]))  # YAML may give ints
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.opt_e = TFRMSprop(self.E.parameters(), lr=float(p["encoder_lr"]))
-
-        step = 0
-        state = ctx.load_resume()
-        if state is not None:
-            check_resume_arch("fanogan", ctx, state["arch"], self.arch_)
-            for name in ("G", "D", "E"):
-                getattr(self, name).load_state_dict(state[name])
-            for name in ("opt_g", "opt_d", "opt_e"):
-                getattr(self, name).load_state_dict(state[name])
-            sampler.load_state_dict(state["sampler"])
-            torch.set_rng_state(state["torch_rng"])
-            step = int(state["step"])
-            ctx.info(f"fanogan: resumed at step {step}/{total}")
-
-        sums: dict[str, torch.Tensor | float] = {}
-        n_in_window = 0
-        pbar = ctx.progress_bar(total, "train", initial=step)
-        try:
-            while step < total:
-                stage = 1 if step < g_iters else 2
-                self._set_stage_modes(stage)
-                if stage == 1:
-                    for _ in range(p["critic_iters"]):
-                        x = self._augment(data[sampler.next_indices().to(data.device)], gen)
-                        d_loss, gp, wdist = self._critic_step(x, gen)
-                    g_loss = self._generator_step(sampler.bs, gen)
-                    vals = {"d_loss": d_loss, "g_loss": g_loss, "gp": gp, "wdist": wdist}
-                else:
-                    x = self._augment(data[sampler.next_indices().to(data.device)], gen)
-                    e_loss, e_img, e_feat = self._encoder_step(x)
-                    vals = {"enc_loss": e_loss, "enc_img": e_img, "enc_feat": e_feat}
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_in_window += 1
-                step += 1
-                pbar.update(1)
-
-                stage_done = step in (g_iters, total)
-                if due(p["log_every"], step) or stage_done:
-                    row = {k: 0.0 for k in LOSS_KEYS}
-                    row["stage"] = float(stage)
-                    row.update({k: float(v) / n_in_window for k, v in sums.items()})
-                    ctx.log_losses(step, row)
-                    sums, n_in_window = {}, 0
-                if stage == 2 and ctx.wants_checkpoint(step - g_iters):
-                    self.fitted_ = True
-                    ctx.save_selection_checkpoint(step, self.state_dict())
-                if stage_done or due(p["resume_every"], step):
-                    ctx.save_resume(self._resume_state(step, sampler))
-        finally:
-            pbar.close()
+        state = {"G": self.G, "D": self.D, "E": self.E, "opt_g": self.opt_g, "opt_d": self.opt_d, "opt_e": self.opt_e}
+        # G is fixed in stage 2: selection checkpoints during the encoder stage only, counted in encoder steps
+        Trainer(self, ctx, total=g_iters + p["encoder_iterations"], arch=self.arch_, samplers={"x": self._sampler},
+                state=state, boundaries=(g_iters,), checkpoint_index=lambda it: it - g_iters if it > g_iters else None,
+                release=("_gen", "_sampler", "_g_iters")).run(self.training_step)
         self.G.eval()
         self.D.eval()
         self.E.eval()
         self.fitted_ = True
         return self
+
+    def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """Stage 1 (``iterations`` steps): ``critic_iters`` critic steps, each on a new real batch (``x``, then
+        batches drawn here), then one generator step. Stage 2: one encoder step on ``x``. Returns every column of
+        ``LOSS_KEYS`` (those of the stage not running as 0)."""
+        stage = 1 if self._trainer.iteration < self._g_iters else 2
+        self._set_stage_modes(stage)
+        row: dict[str, torch.Tensor | float] = {k: 0.0 for k in LOSS_KEYS}
+        row["stage"] = float(stage)
+        if stage == 1:
+            for i in range(self.params["critic_iters"]):
+                batch = x if i == 0 else self._sampler.next_batch()
+                d_loss, gp, wdist = self._critic_step(self._augment(batch, self._gen), self._gen)
+            g_loss = self._generator_step(self._sampler.bs, self._gen)
+            row.update(d_loss=d_loss, g_loss=g_loss, gp=gp, wdist=wdist)
+        else:
+            e_loss, e_img, e_feat = self._encoder_step(self._augment(x, self._gen))
+            row.update(enc_loss=e_loss, enc_img=e_img, enc_feat=e_feat)
+        return row
 
     # -- scoring ------------------------------------------------------------------------------------
     @torch.no_grad()
