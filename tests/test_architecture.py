@@ -65,11 +65,6 @@ def _ancestors(node, parents):
 
 def _cycles() -> list[list[str]]:
     graph = {m: {t for t, _, _ in _imports(m)} for m in MODULES}
-    # a package's __init__ runs before its submodules: importing pkg.mod imports pkg too
-    for m in MODULES:
-        parent = m.rsplit(".", 1)[0]
-        if "." in m and parent in MODULES and parent != m:
-            graph[m].add(parent)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.registry import METHODS, get_method
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
@@ -67,8 +68,6 @@ def check_keys(data: dict, allowed: set[str] | dict, where: str, required: set[s
 
 def is_builtin_method(name: str) -> bool:
     """True for a method registered by ``anomaly_bench.methods`` (not by a plugin)."""
-    from anomaly_bench.core.registry import METHODS
-
     return name in METHODS.names() and METHODS.get(name).__module__.startswith(METHODS.builtin_package + ".")
 
 
@@ -99,8 +98,6 @@ def method_params(name: str, profile: str | None = None, overrides: dict | None 
                   yaml_path: str | Path | None = None) -> dict[str, Any]:
     """Resolve a method's parameters: class defaults ← YAML ``params`` ← YAML ``profiles[profile]``
     ← ``overrides``. Every key is validated against the class's schema."""
-    from anomaly_bench.core.registry import get_method
-
     cls = get_method(name)
     path = Path(yaml_path) if yaml_path else method_yaml_path(name)
     data: dict[str, Any] = {}
@@ -138,8 +135,6 @@ def method_resources(name: str, profile: str | None = None, yaml_path: str | Pat
     res = (read_yaml(path).get("resources") or {}) if path is not None else {}
     where = f"{path}: resources"
     if not res:
-        from anomaly_bench.core.registry import get_method
-
         res = getattr(get_method(name), "resources", None) or {}
         where = f"method '{name}' (class attribute resources)"
     if not isinstance(res, dict) or not all(isinstance(v, dict) for v in res.values()):

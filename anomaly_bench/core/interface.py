@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from anomaly_bench.core.errors import ConfigError, TrainingError
+from anomaly_bench.core.registry import METHODS, get_method
 from anomaly_bench.nn.common import at_least_fp32
 
 log = logging.getLogger("anomaly_bench")
@@ -331,8 +332,6 @@ class AnomalyMethod(ABC):
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "AnomalyMethod":
         blob = torch.load(path, map_location="cpu", weights_only=False)
-        from anomaly_bench.core.registry import get_method
-
         klass = cls if cls is not AnomalyMethod else get_method(blob["method"])
         obj = klass(**{**blob["params"], **overrides})
         obj.load_state_dict(blob["state"])
@@ -357,3 +356,18 @@ def batched(images: torch.Tensor, batch_size: int):
 
 def to_numpy_scores(t: torch.Tensor) -> np.ndarray:
     return at_least_fp32(t.detach()).cpu().numpy().astype(np.float64)
+
+
+def register_method(name: str, *, overwrite: bool = False) -> Callable[[type], type]:
+    """Class decorator: ``@register_method("my_method")`` on an :class:`AnomalyMethod` subclass."""
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):
+            raise TypeError(f"@register_method('{name}') must decorate an AnomalyMethod subclass, got {cls!r}")
+        if cls.default_train_sets not in TRAIN_SET_CHOICES:
+            raise ConfigError(f"method '{name}': default_train_sets={cls.default_train_sets!r} "
+                              f"is not one of {TRAIN_SET_CHOICES}")
+        cls.name = name
+        METHODS.register(name, cls, f"{cls.__module__}.{cls.__qualname__}", overwrite)
+        return cls
+
+    return deco

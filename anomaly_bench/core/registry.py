@@ -1,7 +1,8 @@
 """Registries for methods and dataset formats (timm style: a decorator per family, plugins by entry point).
 
 Built-in methods live one family per module or subpackage of ``anomaly_bench/methods/`` (a subpackage's
-``__init__`` imports its method module) and register themselves with ``@register_method("name")``.
+``__init__`` imports its method module) and register themselves with ``@register_method("name")``
+(:func:`anomaly_bench.core.interface.register_method`, beside the class it checks).
 Third-party methods register the same way from their own package, listed under the entry-point group
 ``anomaly_bench.methods`` (or ``anomaly_bench.datasets`` for dataset formats), or are loaded for one run
 with ``--plugin path/to/file.py`` / ``--plugin package.module``.
@@ -84,23 +85,6 @@ class Registry:
 
 METHODS = Registry("method", "anomaly_bench.methods", METHOD_GROUP)
 DATASET_FORMATS = Registry("dataset format", "anomaly_bench.data.formats", DATASET_GROUP)
-
-
-def register_method(name: str, *, overwrite: bool = False) -> Callable[[type], type]:
-    """Class decorator: ``@register_method("my_method")`` on an :class:`AnomalyMethod` subclass."""
-    from anomaly_bench.core.interface import TRAIN_SET_CHOICES, AnomalyMethod
-
-    def deco(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, AnomalyMethod)):
-            raise TypeError(f"@register_method('{name}') must decorate an AnomalyMethod subclass, got {cls!r}")
-        if cls.default_train_sets not in TRAIN_SET_CHOICES:
-            raise ConfigError(f"method '{name}': default_train_sets={cls.default_train_sets!r} "
-                              f"is not one of {TRAIN_SET_CHOICES}")
-        cls.name = name
-        METHODS.register(name, cls, f"{cls.__module__}.{cls.__qualname__}", overwrite)
-        return cls
-
-    return deco
 
 
 def register_format(name: str, *, overwrite: bool = False) -> Callable[[Callable], Callable]:

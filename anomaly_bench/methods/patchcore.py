@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
-from anomaly_bench.core.interface import FitContext, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import FitContext, TrainSets, register_method
 from anomaly_bench.nn.anomalib_wrap import SHARED_CHOICES, SHARED_DEFAULTS, AnomalibWrapper
 from anomaly_bench.nn.common import seed_everything
 from anomaly_bench.nn.coreset import coreset_size, jl_min_dim, select_coreset

@@ -65,8 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.methods.alad.loss import discriminator_losses, fm_score, generator_encoder_losses
 from anomaly_bench.methods.alad.torch_model import build_networks, pow2_size

@@ -62,8 +62,7 @@ from typing import Any
 import torch
 
 from anomaly_bench.core.errors import ConfigError
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_scorable, cpu_state, keep_bn_stats, train_mode
 from anomaly_bench.methods.alocc.loss import add_noise, bce, discriminator_loss, refinement_loss
 from anomaly_bench.methods.alocc.torch_model import PRESETS, build_networks

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer
 from anomaly_bench.methods.autoencoder.loss import reconstruction_loss
 from anomaly_bench.methods.autoencoder.torch_model import ConvAutoencoder

@@ -55,8 +55,7 @@ from typing import Any
 import torch
 
 from anomaly_bench.core.errors import ConfigError
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
 from anomaly_bench.methods.fanogan.loss import gradient_penalty, izif_per_sample
 from anomaly_bench.methods.fanogan.torch_model import Critic, Encoder, Generator, frozen_bn_stats, n_resample_blocks

@@ -51,8 +51,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
 from anomaly_bench.methods.ganomaly.loss import discriminator_loss, generator_losses, latent_score
 from anomaly_bench.methods.ganomaly.torch_model import NetD, NetG, check_size, maybe_reinit_discriminator, weights_init

@@ -42,8 +42,7 @@ from typing import Any
 import torch
 
 from anomaly_bench.core.errors import ConfigError
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
-from anomaly_bench.core.registry import register_method
+from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, cpu_copy
 from anomaly_bench.methods.medai_anomalypro.loss import anomaly_map
 from anomaly_bench.methods.medai_anomalypro.torch_model import (
