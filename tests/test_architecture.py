@@ -10,7 +10,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "anomaly_bench"
 #: modules allowed over the size limit, with the reason (ARCHITECTURE.md repeats it)
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "anomaly_bench.data.phantom": "one seeded generator (408 lines): its render function draws every structure "
+                                  "from one RNG stream in a fixed order; split, the order would be harder to see",
+}
 MAX_LINES = 400
 
 

@@ -11,11 +11,11 @@ from PIL import Image
 
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data import cache as cache_mod
-from anomaly_bench.data import image_io
+from anomaly_bench.data import decode
+from anomaly_bench.data.decode import decode_files
 from anomaly_bench.data.image_io import (
     Preprocessing,
     central_crop_box,
-    decode_files,
     preprocess,
     read_gray,
     read_volume,
@@ -225,7 +225,7 @@ def test_cache_round_trip_is_bit_identical_and_skips_decoding(tmp_path, monkeypa
     def boom(*a, **k):
         raise AssertionError("decoded again although cached")
 
-    monkeypatch.setattr(image_io, "_decode_uncached", boom)
+    monkeypatch.setattr(decode, "_decode_uncached", boom)
     second = decode_files(files, 32)
     assert np.array_equal(first.stored, second.stored) and first.sha256 == second.sha256
     # a changed preprocessing or a changed file gives a new key

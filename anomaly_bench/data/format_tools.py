@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from anomaly_bench.core.errors import ConfigError, DataError
-from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, Preprocessing, decode_files, is_image_name, walk
+from anomaly_bench.data.decode import decode_files
+from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, Preprocessing, is_image_name, walk
 from anomaly_bench.data.records import ImageDataset
 
 #: Folder names guessed as healthy when a raw folder is given (case-insensitive).

@@ -28,6 +28,7 @@ import torch
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import register_format
 from anomaly_bench.data import cache as cache_mod
+from anomaly_bench.data.decode import decode_files
 from anomaly_bench.data.format_tools import limit_indices
 from anomaly_bench.data.formats.class_folder import relative_id, scan_classes
 from anomaly_bench.data.image_io import (
@@ -35,7 +36,6 @@ from anomaly_bench.data.image_io import (
     IMAGE_EXTENSIONS,
     NIFTI_EXTENSIONS,
     Preprocessing,
-    decode_files,
     preprocess,
     quantize,
     read_volume,
