@@ -32,6 +32,14 @@ import torch
 
 from anomaly_bench.core.config import REPO_DIR, check_keys, method_params, read_yaml
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.experiment import load_experiment
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
+from anomaly_bench.data.loading import resolve_card, root_present
+from anomaly_bench.data.split import make_split
+from anomaly_bench.harness.jobs import dataset_label, load_dataset_for, split_config_for
+from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
+from anomaly_bench.nn.common import seed_everything
 
 DEFAULT_EXACT_CONFIG = REPO_DIR / "experiments" / "regression_exact.yaml"
 DEFAULT_EXACT_REFERENCE = REPO_DIR / "results" / "reference" / "regression_exact.json"
@@ -63,11 +71,6 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
                        datasets: list[str] | None = None):
     """(name, dataset, split) of each dataset of the regression experiment whose data is present (and, with
     ``datasets``, that is named there; the others count as skipped)."""
-    from anomaly_bench.core.experiment import load_experiment
-    from anomaly_bench.data.loading import resolve_card, root_present
-    from anomaly_bench.data.split import make_split
-    from anomaly_bench.harness.runner import dataset_label, load_dataset_for, split_config_for
-
     exp = load_experiment(experiment)
     out, skipped = [], []
     for spec in exp.datasets:
@@ -95,8 +98,6 @@ def _fixed_images(ds, split, n_train: int, n_score: int) -> dict[str, np.ndarray
 
 
 def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: str):
-    from anomaly_bench.core.interface import TrainSets
-
     b, a = images[torch.as_tensor(idx["healthy"])], images[torch.as_tensor(idx["mixed"])]
     if train_sets == "healthy":
         return TrainSets(healthy=b)
@@ -108,10 +109,6 @@ def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: st
 def exact_method_record(name: str, overrides: dict[str, Any], profile: str, images: torch.Tensor,
                         ids: list[str], idx: dict[str, np.ndarray]) -> dict[str, Any]:
     """Fit ``name`` (``profile`` + ``overrides``) in float64 on the fixed images; its parameters and scores."""
-    from anomaly_bench.core.interface import FitContext
-    from anomaly_bench.core.registry import get_method
-    from anomaly_bench.nn.common import seed_everything
-
     cls = get_method(name)
     params = method_params(name, profile, {**overrides, "seed": 0, "device": "cpu"})
     with float64_default(), tempfile.TemporaryDirectory(prefix=f"exact-{name}-") as work:
@@ -144,8 +141,6 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     """The exact record of this code: splits of the regression experiment, float64 few-step scores per method
     (only ``methods`` / the splits of ``datasets`` when given; the method images always need the config's
     dataset)."""
-    from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
-
     cfg = load_exact_config(config)
     dataset = cfg.get("dataset", "phantom")
     if datasets is not None and methods != []:
