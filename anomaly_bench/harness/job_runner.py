@@ -47,8 +47,8 @@ def map_indices(ds: ImageDataset, test_idx: np.ndarray, k: int) -> np.ndarray:
 
 
 class JobRunner:
-    """Runs jobs of ``exp`` on ``device`` (``resolve_device=False``: no device yet, each job gets its own, as
-    Ray tasks do). Loads the experiment's plugins and validates every method's configuration on creation."""
+    """Runs jobs of ``exp`` on its device (``resolve=False``: none yet; the Ray driver leaves the device to each
+    task). Loads the experiment's plugins and validates every method's configuration on creation."""
 
     def __init__(self, exp: Experiment, progress: bool = True, echo: Callable[[str], None] = print,
                  resolve: bool = True):

@@ -88,6 +88,16 @@ class JobFolder:
     def losses_path(self) -> Path:
         return self.work_dir / "losses.csv"
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Selection checkpoints ``iter_<n>.pt`` (written by ``FitContext``)."""
+        return self.work_dir / "checkpoints"
+
+    @property
+    def resume_path(self) -> Path:
+        """The resume state of a job killed mid-training (written by ``FitContext``)."""
+        return self.work_dir / "resume.pt"
+
     def scores_path(self, setting: str) -> Path:
         return self.path / f"scores_{setting}.csv"
 
