@@ -283,7 +283,7 @@ def run_on_ray(runner: JobRunner, folder: RunFolder, planned: list[PlannedJob], 
                        "seed": job.seed, "method": m, "threads": max(1, int(res["cpus"])), "resources": res,
                        "token": token, "gather": bool(gather), "env": env,
                        "version": anomaly_bench.__version__}
-            ref = remote.options(**opts, name=f"{job.dataset}/{m.key}/seed{job.seed}").remote(payload)
+            ref = remote.options(**opts, name=job.name).remote(payload)
             pending[ref] = (k, pj, extra)
         info["device"] = ", ".join(sorted(devices)) or exp.device
         n_sub, n_done, t_sub = len(pending), 0, time.time()
