@@ -35,8 +35,8 @@ from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.experiment import load_experiment
 from anomaly_bench.core.interface import FitContext, TrainSets
 from anomaly_bench.core.registry import get_method
+from anomaly_bench.data import split as data_split  # make_split looked up per call: a test substitutes it
 from anomaly_bench.data.loading import resolve_card, root_present
-from anomaly_bench.data.split import make_split
 from anomaly_bench.harness.jobs import dataset_label, load_dataset_for, split_config_for
 from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
 from anomaly_bench.nn.common import seed_everything
@@ -82,7 +82,8 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
             skipped.append(spec.label or card["name"])
             continue
         ds = load_dataset_for(spec, exp, data_root)
-        out.append((dataset_label(spec, ds), ds, make_split(ds, split_config_for(ds, spec, exp), exp.seeds[0])))
+        split = data_split.make_split(ds, split_config_for(ds, spec, exp), exp.seeds[0])
+        out.append((dataset_label(spec, ds), ds, split))
     if skipped:
         echo(f"regress --exact: splits of {skipped} not checked (no data, or not asked for)")
     return out, skipped
