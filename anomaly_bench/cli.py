@@ -156,7 +156,7 @@ def list_(what: str, plugins) -> None:
 def report(run_dir: str, html: bool, threshold_rule: str) -> None:
     """Rebuild tables and figures of RUN_DIR from its saved scores."""
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
-    from anomaly_bench.harness.runner import build_reports
+    from anomaly_bench.reporting.write import build_reports
 
     try:
         build_reports(run_dir, threshold_rule, html=html)
@@ -211,7 +211,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
         # everything is checked before anything is deleted or run
         # lazy: the harness loads only for the command that runs
         from anomaly_bench.core.experiment import load_experiment
-        from anomaly_bench.harness.runner import versions
+        from anomaly_bench.harness.versions import versions
 
         load_experiment(exp_path)
         wanted = {"all": ("exact", "statistical"), "exact": ("exact",), "statistical": ("statistical",)}[part]

@@ -13,8 +13,11 @@ import pytest
 
 from anomaly_bench.evaluation.metrics import compute_metrics, pixel_metrics
 from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
-from anomaly_bench.reporting.html import choose_gallery_ids, write_html_report
-from anomaly_bench.reporting.reports import format_cell, latex_escape, write_reports
+from anomaly_bench.reporting.figures import choose_gallery_ids
+from anomaly_bench.reporting.html import write_html_report
+from anomaly_bench.reporting.markdown import latex_escape
+from anomaly_bench.reporting.tables import format_cell
+from anomaly_bench.reporting.write import write_reports
 
 N_BOOT = 200
 METHODS = {"medai_anomalypro": 1.6, "padim": 1.0, "ganomaly": 0.5}  # effect size -> expected AUC order

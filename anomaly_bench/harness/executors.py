@@ -35,39 +35,31 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+import anomaly_bench
 from anomaly_bench.core.config import method_resources
 from anomaly_bench.core.errors import BenchError, ConfigError, DataError
-
-if TYPE_CHECKING:
-    from anomaly_bench.core.experiment import DatasetSpec, Experiment
-    from anomaly_bench.data.records import ImageDataset
-    from anomaly_bench.data.split import Split
-    from anomaly_bench.harness.runner import Job, Runner
+from anomaly_bench.core.experiment import DatasetSpec, Experiment
+from anomaly_bench.data.loading import resolve_card
+from anomaly_bench.data.records import ImageDataset
+from anomaly_bench.harness.job_runner import JobRunner
+from anomaly_bench.harness.jobs import Job, PlannedJob, fmt_duration, load_dataset_for
+from anomaly_bench.harness.run_folder import RunFolder
 
 EXECUTORS = ("local", "ray")
-TOKEN_FILE = ".ray_run"  # written by the driver into the output folder: a worker that reads it shares the folder
 ENV_PREFIX = "ANOMALY_BENCH_"  # the driver's settings (cards/methods folders, data root, cache) go with each task
 RAY_EXTRA_HINT = "pip install 'anomaly-bench[ray]'"
 
 
 def import_ray():
-    try:
+    try:  # optional dependency (the `ray` extra): imported only when --executor ray asks for it
         import ray
     except ImportError:
         raise BenchError(f"--executor ray needs Ray, which is not installed: {RAY_EXTRA_HINT}") from None
     return ray
-
-
-@dataclasses.dataclass
-class PlannedJob:
-    """One job of the grid with everything the driver knows about it."""
-
-    job: Job
-    spec: DatasetSpec
-    ds: ImageDataset
-    split: Split
 
 
 # ---------------------------------------------------------------------------------------------- resources
@@ -106,8 +98,6 @@ _LOADED: dict[str, Any] = {}  # the dataset a worker process loaded last: {"key"
 
 
 def _dataset_in_worker(spec: DatasetSpec, exp: Experiment, data_root: str | None) -> tuple[ImageDataset, str]:
-    from anomaly_bench.harness.runner import load_dataset_for
-
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     key = json.dumps([dataclasses.asdict(spec), data_root, exp.data_root, env], sort_keys=True, default=str)
     if _LOADED.get("key") != key:
@@ -119,11 +109,6 @@ def _dataset_in_worker(spec: DatasetSpec, exp: Experiment, data_root: str | None
 
 def run_job_task(payload: dict[str, Any]) -> dict[str, Any]:
     """The body of one Ray task (also callable directly): run one job with the local runner's ``run_job``."""
-    import torch
-
-    import anomaly_bench
-    from anomaly_bench.harness.runner import Job, Runner
-
     t0 = time.time()
     saved_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     for k in saved_env:
@@ -136,36 +121,33 @@ def run_job_task(payload: dict[str, Any]) -> dict[str, Any]:
         if payload["version"] != anomaly_bench.__version__:
             raise BenchError(f"this node has anomaly-bench {anomaly_bench.__version__}, the driver "
                              f"{payload['version']}: install the same version on every node")
-        out = Path(payload["out"])
+        folder = RunFolder(payload["out"])
         shared = not payload["gather"]
         if shared:
             try:
-                shared = (out / TOKEN_FILE).read_text() == payload["token"]
+                shared = folder.ray_token_path.read_text() == payload["token"]
             except OSError:
                 shared = False
         if not shared:
             tmp = Path(tempfile.mkdtemp(prefix="anomaly_bench_job_"))
-            out = tmp
+            folder = RunFolder(tmp)
         exp = payload["exp"]
         lines: list[str] = []
-        runner = Runner(exp, out, data_root=payload["data_root"], progress=False, echo=lines.append)
+        runner = JobRunner(exp, progress=False, echo=lines.append)
         ds, fingerprint = _dataset_in_worker(payload["spec"], exp, payload["data_root"])
         if fingerprint != payload["fingerprint"]:
             raise DataError(f"dataset '{payload['dataset']}' on node {socket.gethostname()} has fingerprint "
                             f"{fingerprint}, the driver's {payload['fingerprint']}: the nodes must read the same "
                             f"data (a shared data folder, or --data-root pointing at identical copies)")
         job = Job(payload["dataset"], payload["seed"], payload["method"],
-                  out / "jobs" / payload["dataset"] / payload["method"].key / f"seed{payload['seed']}")
+                  folder.job(payload["dataset"], payload["method"].key, payload["seed"]).path)
         extra = {"executor": "ray", "node": socket.gethostname(), "torch_threads": payload["threads"],
                  "ray_resources": payload["resources"], "output": "shared" if shared else "gathered"}
         status = runner.run_job(job, ds, payload["split"], extra_meta=extra)
         archive = None
         if not shared and job.dir.is_dir():
-            final = Path(payload["out"]) / job.dir.relative_to(out)
-            for name in ("job.json", "selection.csv"):  # they name checkpoints: where they will be, not here
-                f = job.dir / name
-                if f.is_file():
-                    f.write_text(f.read_text().replace(str(job.dir), str(final)))
+            final = RunFolder(payload["out"]).job(job.dataset, job.method.key, job.seed).path
+            job.folder.relocate(job.dir, final)  # they name checkpoints: where they will be, not here
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 tar.add(job.dir, arcname=".")
@@ -187,8 +169,6 @@ def run_job_task(payload: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ driver
 def _absolute(exp: Experiment, data_root: str | None) -> tuple[Experiment, str | None]:
     """The experiment with the paths a worker must find made absolute (a worker's working folder differs)."""
-    from anomaly_bench.data.loading import resolve_card
-
     def absify(p: str | None) -> str | None:
         return str(Path(p).expanduser().resolve()) if p and Path(p).expanduser().exists() else p
 
@@ -208,18 +188,11 @@ def _absolute(exp: Experiment, data_root: str | None) -> tuple[Experiment, str |
 
 def _record_failure(job: Job, error: str, tb: str, extra: dict[str, Any]) -> None:
     """Mark a job whose task died (or never could run) as failed in its job.json, as the runner does."""
-    meta_path = job.dir / "job.json"
-    meta: dict[str, Any] = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            meta = {}
+    meta: dict[str, Any] = job.folder.read_meta() or {}
     meta.update({"dataset": job.dataset, "method": job.method.key, "method_name": job.method.name,
                  "seed": job.seed, **{k: v for k, v in extra.items() if k not in meta}})
     meta.update(status="failed", error=error, traceback=tb)
-    job.dir.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=1, default=str))
+    job.folder.write_meta(meta)
 
 
 def _unpack(archive: bytes, dest: Path) -> None:
@@ -244,26 +217,26 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
     return f"{type(exc).__name__}: {first[-1] if first else ''}", str(exc)[-4000:]
 
 
-def run_on_ray(runner: Runner, planned: list[PlannedJob], info: dict[str, Any]) -> list[str]:
-    """Run the planned jobs as Ray tasks; returns the failed jobs (``dataset/method/seed<k>``) in grid order."""
-    from anomaly_bench.harness.runner import _fmt_s
-
+def run_on_ray(runner: JobRunner, folder: RunFolder, planned: list[PlannedJob], info: dict[str, Any], *,
+               data_root: str | None, address: str | None, gather: bool) -> list[str]:
+    """Run the planned jobs (of ``runner``'s experiment, into ``folder``) as Ray tasks on the cluster at
+    ``address``; returns the failed jobs (``dataset/method/seed<k>``) in grid order."""
     ray = import_ray()
     exp, echo = runner.exp, runner.echo
     started_here = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": runner.ray_address, "log_to_driver": True}
-        if runner.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
+        if address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["include_dashboard"] = False  # a local instance for this run
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
-            raise BenchError(f"--ray-address {runner.ray_address}: cannot connect to a Ray cluster ({exc}); "
+            raise BenchError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); "
                              f"start one with `ray start --head`, or leave --ray-address out for a local "
                              f"instance") from None
         started_here = True
     token = uuid.uuid4().hex
-    token_path = runner.out / TOKEN_FILE
+    token_path = folder.ray_token_path
     token_path.write_text(token)
     remote = ray.remote(max_retries=1)(run_job_task)
     pending: dict[Any, tuple[int, PlannedJob, dict[str, Any]]] = {}
@@ -272,14 +245,12 @@ def run_on_ray(runner: Runner, planned: list[PlannedJob], info: dict[str, Any]) 
         has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
         total = ray.cluster_resources()
         info["executor"] = "ray"
-        info["ray"] = {"address": runner.ray_address or "local", "version": ray.__version__, "nodes": len(nodes),
+        info["ray"] = {"address": address or "local", "version": ray.__version__, "nodes": len(nodes),
                        "cluster_resources": {k: v for k, v in total.items() if k in ("CPU", "GPU", "memory")},
-                       "gather": runner.ray_gather}
+                       "gather": gather}
         echo(f"ray {ray.__version__}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU")
-        w_exp, w_root = _absolute(exp, runner.data_root)
+        w_exp, w_root = _absolute(exp, data_root)
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-        import anomaly_bench
-
         failures: dict[int, str] = {}
         devices: set[str] = set()
         n_jobs = len(planned)
@@ -300,19 +271,19 @@ def run_on_ray(runner: Runner, planned: list[PlannedJob], info: dict[str, Any]) 
             why = _infeasible(opts, nodes)
             if why:
                 _record_failure(job, f"BenchError: {why}", "", extra)
-                failures[k] = f"{job.dataset}/{m.key}/seed{job.seed}"
+                failures[k] = job.name
                 echo(f"[{k}/{n_jobs}] {label}")
                 echo(f"  FAILED: {why}")
                 continue
             if id(pj.ds) not in fingerprints:
                 fingerprints[id(pj.ds)] = pj.ds.fingerprint()
-            payload = {"exp": dataclasses.replace(w_exp, device=device), "out": str(runner.out.resolve()),
+            payload = {"exp": dataclasses.replace(w_exp, device=device), "out": str(folder.path.resolve()),
                        "data_root": w_root, "spec": w_exp.datasets[exp.datasets.index(pj.spec)],
                        "dataset": job.dataset, "fingerprint": fingerprints[id(pj.ds)], "split": pj.split,
                        "seed": job.seed, "method": m, "threads": max(1, int(res["cpus"])), "resources": res,
-                       "token": token, "gather": bool(runner.ray_gather), "env": env,
+                       "token": token, "gather": bool(gather), "env": env,
                        "version": anomaly_bench.__version__}
-            ref = remote.options(**opts, name=f"{job.dataset}/{m.key}/seed{job.seed}").remote(payload)
+            ref = remote.options(**opts, name=job.name).remote(payload)
             pending[ref] = (k, pj, extra)
         info["device"] = ", ".join(sorted(devices)) or exp.device
         n_sub, n_done, t_sub = len(pending), 0, time.time()
@@ -334,11 +305,11 @@ def run_on_ray(runner: Runner, planned: list[PlannedJob], info: dict[str, Any]) 
                 if result.get("archive") is not None:
                     _unpack(result["archive"], job.dir)
                 if result["status"] == "failed":
-                    failures[k] = f"{job.dataset}/{job.method.key}/seed{job.seed}"
+                    failures[k] = job.name
                 eta = ""
                 if pending:
-                    eta = f", ETA {_fmt_s((time.time() - t_sub) / n_done * (n_sub - n_done))}"
-                took = f" in {_fmt_s(result['seconds'])}" if result.get("seconds") is not None else ""
+                    eta = f", ETA {fmt_duration((time.time() - t_sub) / n_done * (n_sub - n_done))}"
+                took = f" in {fmt_duration(result['seconds'])}" if result.get("seconds") is not None else ""
                 echo(f"[{k}/{n_jobs}] {label}: {result['status']}{took} on {result['node']} "
                      f"({n_done}/{n_sub} of this run){eta}")
                 for line in result["lines"]:

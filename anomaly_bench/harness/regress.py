@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from anomaly_bench.core.config import shipped_path
+from anomaly_bench.core.errors import BenchError
+from anomaly_bench.core.experiment import load_experiment
+from anomaly_bench.data.loading import resolve_card, root_present
+from anomaly_bench.harness.run_folder import RunFolder
+from anomaly_bench.harness.runner import Runner
 
 GUARDED = ("auc", "ap")
 SAMPLE_PER_GROUP = 200
@@ -86,8 +93,6 @@ def score_sample(scores: pd.DataFrame, per_group: int = SAMPLE_PER_GROUP) -> dic
 
 def rank_corr(old: dict[str, float], new: dict[str, float]) -> tuple[float, int]:
     """Spearman correlation of two id -> score mappings on their common ids (and how many there are)."""
-    from scipy.stats import spearmanr
-
     common = sorted(set(old) & set(new))
     if len(common) < 3:
         return math.nan, len(common)
@@ -221,32 +226,26 @@ def nonfinite_jobs(scores: pd.DataFrame) -> list[str]:
 def prepare_out(out: Path, fresh: bool) -> None:
     """Empty ``out`` for a fresh regression run, refusing a folder that is not one of ``regress``'s own or that a
     run is using (its ``.lock``): ``--out`` pointed at a wrong folder must never delete it."""
-    from anomaly_bench.core.errors import BenchError
-
     if not fresh or not out.exists():
         return
     if not out.is_dir():
         raise BenchError(f"--out {out}: exists and is not a folder; choose another --out")
-    if (out / ".lock").exists():
+    folder = RunFolder(out)
+    if folder.lock_path.exists():
         raise BenchError(f"--out {out}: a run is using this folder (its .lock exists); wait for it, or choose "
-                         f"another --out (delete {out / '.lock'} only if no run is alive)")
+                         f"another --out (delete {folder.lock_path} only if no run is alive)")
     entries = {p.name for p in out.iterdir()}
-    ours = {"run.json", "experiment.yaml", "regression_comparison.csv", "jobs", "splits"}
+    ours = {p.name for p in (folder.run_info_path, folder.experiment_path, folder.comparison_path, folder.jobs_dir,
+                             folder.splits_dir)}
     if entries and not entries & ours:
         raise BenchError(f"--out {out}: not empty and not a regress output folder ({sorted(entries)[:5]}); "
                          f"regress empties its --out, so choose a new or former regress folder")
-    import shutil
-
     shutil.rmtree(out)
 
 
 def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: str | None = None,
                    progress: bool = False, echo=print) -> tuple[pd.DataFrame, pd.DataFrame, dict, set[str]]:
     """Run the regression experiment; return (metrics, scores, run info, datasets skipped for lack of data)."""
-    from anomaly_bench.core.experiment import load_experiment
-    from anomaly_bench.data.loading import resolve_card, root_present
-    from anomaly_bench.harness.runner import Runner
-
     exp = load_experiment(experiment)
     skipped = set()
     kept = []
@@ -262,20 +261,18 @@ def run_regression(out: Path, experiment: Path = DEFAULT_EXPERIMENT, data_root: 
     t0 = time.time()
     info = Runner(exp, out, data_root=data_root, progress=progress, echo=echo).run()
     info["regress_seconds"] = round(time.time() - t0, 1)
-    metrics = pd.read_csv(out / "metrics.csv")
-    scores = pd.read_csv(out / "scores.csv", dtype={"id": str, "subject": str})
-    return metrics, scores, info, skipped
+    folder = RunFolder(out)
+    return folder.read_metrics(), folder.read_scores(), info, skipped
 
 
 def read_run(run: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    from anomaly_bench.core.errors import BenchError
-
-    missing = [f for f in ("metrics.csv", "scores.csv", "run.json") if not (run / f).is_file()]
+    """metrics, scores and run.json of a finished run (``regress --from``)."""
+    folder = RunFolder(run)
+    missing = [p.name for p in (folder.metrics_path, folder.scores_path, folder.run_info_path) if not p.is_file()]
     if missing:
         raise BenchError(f"--from {run}: not a finished run of the regression experiment (no {missing}); make one "
                          f"with `anomaly-bench run --config experiments/regression.yaml --seeds 0,1,2 --out {run}`")
-    return (pd.read_csv(run / "metrics.csv"), pd.read_csv(run / "scores.csv", dtype={"id": str, "subject": str}),
-            json.loads((run / "run.json").read_text()))
+    return folder.read_metrics(), folder.read_scores(), folder.read_run_info()
 
 
 def build_reference(runs: list[tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]], floor: float = DEFAULT_FLOOR,

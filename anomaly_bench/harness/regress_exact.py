@@ -32,6 +32,14 @@ import torch
 
 from anomaly_bench.core.config import check_keys, method_params, read_yaml, shipped_path
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.experiment import load_experiment
+from anomaly_bench.core.interface import FitContext, TrainSets
+from anomaly_bench.core.registry import get_method
+from anomaly_bench.data import split as data_split  # make_split looked up per call: a test substitutes it
+from anomaly_bench.data.loading import resolve_card, root_present
+from anomaly_bench.harness.jobs import dataset_label, load_dataset_for, split_config_for
+from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
+from anomaly_bench.nn.common import seed_everything
 
 DEFAULT_EXACT_CONFIG = shipped_path("experiments/regression_exact.yaml")  # the checkout's, else the installed wheel's
 DEFAULT_EXACT_REFERENCE = shipped_path("results/reference/regression_exact.json")
@@ -63,11 +71,6 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
                        datasets: list[str] | None = None):
     """(name, dataset, split) of each dataset of the regression experiment whose data is present (and, with
     ``datasets``, that is named there; the others count as skipped)."""
-    from anomaly_bench.core.experiment import load_experiment
-    from anomaly_bench.data.loading import resolve_card, root_present
-    from anomaly_bench.data.split import make_split
-    from anomaly_bench.harness.runner import dataset_label, load_dataset_for, split_config_for
-
     exp = load_experiment(experiment)
     out, skipped = [], []
     for spec in exp.datasets:
@@ -79,7 +82,8 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
             skipped.append(spec.label or card["name"])
             continue
         ds = load_dataset_for(spec, exp, data_root)
-        out.append((dataset_label(spec, ds), ds, make_split(ds, split_config_for(ds, spec, exp), exp.seeds[0])))
+        split = data_split.make_split(ds, split_config_for(ds, spec, exp), exp.seeds[0])
+        out.append((dataset_label(spec, ds), ds, split))
     if skipped:
         echo(f"regress --exact: splits of {skipped} not checked (no data, or not asked for)")
     return out, skipped
@@ -95,8 +99,6 @@ def _fixed_images(ds, split, n_train: int, n_score: int) -> dict[str, np.ndarray
 
 
 def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: str):
-    from anomaly_bench.core.interface import TrainSets
-
     b, a = images[torch.as_tensor(idx["healthy"])], images[torch.as_tensor(idx["mixed"])]
     if train_sets == "healthy":
         return TrainSets(healthy=b)
@@ -108,10 +110,6 @@ def _train_sets(images: torch.Tensor, idx: dict[str, np.ndarray], train_sets: st
 def exact_method_record(name: str, overrides: dict[str, Any], profile: str, images: torch.Tensor,
                         ids: list[str], idx: dict[str, np.ndarray]) -> dict[str, Any]:
     """Fit ``name`` (``profile`` + ``overrides``) in float64 on the fixed images; its parameters and scores."""
-    from anomaly_bench.core.interface import FitContext
-    from anomaly_bench.core.registry import get_method
-    from anomaly_bench.nn.common import seed_everything
-
     cls = get_method(name)
     params = method_params(name, profile, {**overrides, "seed": 0, "device": "cpu"})
     with float64_default(), tempfile.TemporaryDirectory(prefix=f"exact-{name}-") as work:
@@ -144,8 +142,6 @@ def run_exact(config: Path = DEFAULT_EXACT_CONFIG, experiment: Path | None = Non
     """The exact record of this code: splits of the regression experiment, float64 few-step scores per method
     (only ``methods`` / the splits of ``datasets`` when given; the method images always need the config's
     dataset)."""
-    from anomaly_bench.harness.regress import DEFAULT_EXPERIMENT
-
     cfg = load_exact_config(config)
     dataset = cfg.get("dataset", "phantom")
     if datasets is not None and methods != []:

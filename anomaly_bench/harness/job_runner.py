@@ -1,0 +1,192 @@
+"""Run one (dataset, method, seed) job into its job folder: fit, score every setting, save the model, the map
+gallery arrays, pixel metrics and (for methods that save checkpoints) the pseudo-AUC selection; record status,
+parameters, timings and memory in ``job.json`` (:class:`anomaly_bench.harness.run_folder.JobFolder`).
+
+A job whose ``job.json`` says ``done`` with the same configuration is skipped; a failed job (non-finite loss, out
+of memory, any exception but a configuration error) is recorded with its reason and last good checkpoint.
+:class:`JobRunner` is what the local runner and each Ray task use (the runner's ``Runner`` extends it).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anomaly_bench.core.config import method_params
+from anomaly_bench.core.errors import BenchError, ConfigError
+from anomaly_bench.core.experiment import Experiment
+from anomaly_bench.core.interface import FitContext, resolve_device
+from anomaly_bench.core.registry import get_method, load_plugin
+from anomaly_bench.data.records import ImageDataset
+from anomaly_bench.data.split import Split
+from anomaly_bench.evaluation.metrics import pixel_metrics
+from anomaly_bench.harness.jobs import Job, build_train_sets
+from anomaly_bench.harness.selection import select_checkpoint
+from anomaly_bench.harness.versions import versions
+from anomaly_bench.nn.common import seed_everything
+
+SETTING_ROLE = {"inductive": "test", "transductive": "mixed"}
+
+
+def map_indices(ds: ImageDataset, test_idx: np.ndarray, k: int) -> np.ndarray:
+    """A fixed, balanced handful of test images for the map gallery (diseased with masks first)."""
+    lab = ds.labels[test_idx]
+    dis = test_idx[lab == 1]
+    if ds.masks is not None:
+        order = np.argsort(-ds.masks[dis].reshape(len(dis), -1).sum(1), kind="stable")
+        dis = dis[order[: max(1, len(order) // 2)]]
+    healthy = test_idx[lab == 0]
+    kd = min(len(dis), (k + 1) // 2)
+    return np.concatenate([dis[:kd], healthy[: k - kd]])
+
+
+class JobRunner:
+    """Runs jobs of ``exp`` on its device (``resolve=False``: none yet; the Ray driver leaves the device to each
+    task). Loads the experiment's plugins and validates every method's configuration on creation."""
+
+    def __init__(self, exp: Experiment, progress: bool = True, echo: Callable[[str], None] = print,
+                 resolve: bool = True):
+        self.exp, self.progress, self.echo = exp, progress, echo
+        for p in exp.plugins:
+            load_plugin(p)
+        self.device = resolve_device(exp.device) if resolve else None
+        if self.device is None and exp.device not in ("auto", "", None):
+            torch.device(exp.device)  # still a valid device name
+        for m in exp.methods:  # validate every method's config before any training starts
+            get_method(m.name)
+            method_params(m.name, m.profile or exp.profile, m.params)
+
+    def job_config(self, job: Job, device: str | torch.device | None = None) -> tuple[dict[str, Any], str]:
+        """The job's resolved parameters and its configuration fingerprint (on ``device``, default the run's)."""
+        m = job.method
+        params = method_params(m.name, m.profile or self.exp.profile,
+                               {**m.params, "seed": job.seed, "device": str(device or self.device)})
+        return params, m.fingerprint(self.exp.profile, params)
+
+    @staticmethod
+    def job_is_done(job: Job, fingerprint: str) -> bool:
+        """True when ``job.json`` says done with this configuration: the job is skipped."""
+        return job.folder.is_done(fingerprint)
+
+    def run_job(self, job: Job, ds: ImageDataset, split: Split, extra_meta: dict[str, Any] | None = None) -> str:
+        exp, m, jf = self.exp, job.method, job.folder
+        profile = m.profile or exp.profile
+        cls = get_method(m.name)
+        params, fp = self.job_config(job)
+        if self.job_is_done(job, fp):
+            self.echo("  done already, skipped")
+            return "skipped"
+        train_sets = m.train_sets or cls.default_train_sets
+        meta: dict[str, Any] = {
+            "status": "running", "dataset": job.dataset, "method": m.key, "method_name": m.name, "seed": job.seed,
+            "profile": profile, "params": params, "train_sets": train_sets, "config_fingerprint": fp,
+            "data_fingerprint": ds.fingerprint(), "versions": versions(), "device": str(self.device),
+            **(extra_meta or {}),
+        }
+        jf.write_meta(meta)
+        ctx = FitContext(workdir=jf.work_dir, checkpoint_every=int(params.get("checkpoint_every", 0) or 0),
+                         progress=self.progress, description=f"{job.dataset}/{m.key}/s{job.seed}")
+        try:
+            train = build_train_sets(ds, split, train_sets)
+            meta["n_train"] = {"healthy": len(train.healthy), "mixed": 0 if train.mixed is None else len(train.mixed)}
+            seed_everything(job.seed)
+            model = cls(**params)
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            model.fit(train, ctx)
+            meta["fit_seconds"] = round(time.time() - t0, 2)
+            if ctx.warnings:
+                meta["warnings"] = list(ctx.warnings)
+            model.save(jf.model_path)
+            t0 = time.time()
+            frames, last_test = self._score_settings(model, ds, split, job, "last")
+            meta["score_seconds"] = round(time.time() - t0, 2)
+            self._save_maps(model, ds, split, job)
+            meta["pixel_metrics"] = self._pixel_metrics(ds, split, last_test)
+            meta["backbone_weights"] = getattr(model, "backbone_weights", None)
+            meta["approximate"] = getattr(model, "approximate", None)
+            if m.selection and ctx.selection_checkpoints:
+                frames += self._select(model, ds, split, job, ctx, meta)
+            for setting in exp.settings:
+                jf.write_scores(setting, pd.concat([f for f in frames if f["setting"].iloc[0] == setting]))
+            meta["status"] = "done"
+        except (BenchError, RuntimeError, ValueError, torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+                error += (" -- out of memory: lower the method's batch_size (or score_batch_size), use a smaller "
+                          "--image-size or the `ci` profile, or run on a device with more memory; rerunning the "
+                          "same command resumes this job from its last checkpoint")
+            if self.device.type == "cuda":  # free the failed job's memory for the jobs that follow
+                torch.cuda.empty_cache()
+            meta.update(status="failed", error=error,
+                        traceback=traceback.format_exc(limit=8), last_checkpoint=ctx.last_checkpoint())
+            self.echo(f"  FAILED: {meta['error']}\n  last good checkpoint: {ctx.last_checkpoint() or 'none'}")
+        meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        if self.device.type == "cuda":
+            meta["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        jf.write_meta(meta)
+        if meta["status"] == "done":
+            self.echo(f"  fit {meta['fit_seconds']}s, score {meta['score_seconds']}s")
+        return meta["status"]
+
+    def _score_settings(self, model, ds: ImageDataset, split: Split, job: Job, selection: str):
+        frames, test_result = [], None
+        for setting in self.exp.settings:
+            idx = split.indices(SETTING_ROLE[setting])
+            if len(idx) == 0:
+                continue
+            res = model.score(ds.images[torch.as_tensor(idx)])
+            if setting == "inductive":
+                test_result = res
+            frames.append(pd.DataFrame({
+                "dataset": job.dataset, "setting": setting, "method": job.method.key, "selection": selection,
+                "seed": job.seed, "id": [ds.ids[i] for i in idx], "subject": [ds.subject_ids[i] for i in idx],
+                "label": ds.labels[idx], "score": res.scores}))
+        return frames, test_result
+
+    def _select(self, model, ds, split, job: Job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
+        hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")
+        if len(hm) == 0 or len(hh) == 0:
+            meta["selection"] = "skipped: empty hold-out sets (split.holdout_fraction)"
+            return []
+        test = split.indices("test")
+        sel = select_checkpoint(model, ctx.selection_checkpoints, ds.images[torch.as_tensor(hm)],
+                                ds.images[torch.as_tensor(hh)], ds.images[torch.as_tensor(test)], ds.labels[test])
+        job.folder.write_selection(sel.table)
+        meta["selection"] = {"rule": "max pseudo-AUC on held-out A vs B", "best_iteration": sel.best_iteration,
+                             "n_checkpoints": len(sel.table), "table": job.folder.selection_path.name,
+                             "note": "oracle_test_auc in selection.csv is for analysis only; never used to select"}
+        frames, _ = self._score_settings(model, ds, split, job, "aucp")
+        return frames
+
+    def _save_maps(self, model, ds: ImageDataset, split: Split, job: Job) -> None:
+        idx = map_indices(ds, split.indices("test"), self.exp.n_maps)
+        if len(idx) == 0:
+            return
+        res = model.score(ds.images[torch.as_tensor(idx)])
+        arrays = {"images": ds.images[torch.as_tensor(idx)][:, 0].numpy(), "labels": ds.labels[idx],
+                  "ids": np.array([ds.ids[i] for i in idx]), "scores": res.scores}
+        if res.maps is not None:
+            arrays["maps"] = res.maps
+        if res.reconstructions is not None:
+            arrays["reconstructions"] = res.reconstructions
+        if ds.masks is not None:
+            arrays["masks"] = ds.masks[idx]
+        np.savez_compressed(job.folder.maps_path, **arrays)
+
+    def _pixel_metrics(self, ds: ImageDataset, split: Split, res) -> dict | None:
+        if res is None or res.maps is None or ds.masks is None:
+            return None
+        masks = ds.masks[split.indices("test")]
+        if not masks.any():
+            return None
+        return pixel_metrics(res.maps, masks)

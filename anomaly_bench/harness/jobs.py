@@ -1,0 +1,88 @@
+"""What a job of the grid is and what it needs: :class:`Job` (dataset, seed, method, folder), :class:`PlannedJob`
+(with its data and split), loading a dataset entry of the experiment, its split settings and training sets.
+Shared by the runner (:mod:`anomaly_bench.harness.runner`) and the executors (:mod:`anomaly_bench.harness.executors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.experiment import DatasetSpec, Experiment, MethodSpec
+from anomaly_bench.core.interface import TrainSets
+from anomaly_bench.data.loading import load_dataset, resolve_card
+from anomaly_bench.data.records import ImageDataset
+from anomaly_bench.data.split import Split, SplitConfig
+from anomaly_bench.harness.run_folder import JobFolder
+
+
+@dataclass
+class Job:
+    dataset: str
+    seed: int
+    method: MethodSpec
+    dir: Path
+
+    @property
+    def folder(self) -> JobFolder:
+        return JobFolder(self.dir)
+
+    @property
+    def name(self) -> str:
+        """``dataset/method/seed<k>``: how lists of failed jobs name it."""
+        return f"{self.dataset}/{self.method.key}/seed{self.seed}"
+
+
+@dataclass
+class PlannedJob:
+    """One job of the grid with everything the driver knows about it."""
+
+    job: Job
+    spec: DatasetSpec
+    ds: ImageDataset
+    split: Split
+
+
+def dataset_label(spec: DatasetSpec, ds: ImageDataset) -> str:
+    return spec.label or ds.name
+
+
+def load_dataset_for(spec: DatasetSpec, exp: Experiment, data_root: str | None) -> ImageDataset:
+    card = resolve_card(spec.card)
+    if spec.limit_per_class is not None:
+        card = {**card, "limit_per_class": spec.limit_per_class}
+    kwargs: dict[str, Any] = {"data_root": spec.data_root or data_root or exp.data_root,
+                              "image_size": spec.image_size}
+    if spec.on_bad_image:
+        kwargs["on_bad_image"] = spec.on_bad_image
+    return load_dataset(card, **kwargs)
+
+
+def split_config_for(ds: ImageDataset, spec: DatasetSpec, exp: Experiment) -> SplitConfig:
+    card_split = (ds.meta.get("card") or {}).get("split") or {}
+    return SplitConfig.from_dict({**card_split, **exp.split, **(spec.split or {})},
+                                 where=f"dataset '{ds.name}' split")
+
+
+def build_train_sets(ds: ImageDataset, split: Split, train_sets: str) -> TrainSets:
+    b = ds.images[torch.as_tensor(split.indices("healthy"))]
+    a_idx = split.indices("mixed")
+    a = ds.images[torch.as_tensor(a_idx)] if len(a_idx) else None
+    if train_sets == "healthy":
+        return TrainSets(healthy=b)
+    if train_sets == "mixed_union":
+        return TrainSets(healthy=b if a is None else torch.cat([b, a]))
+    if a is None:
+        raise DataError(f"dataset '{ds.name}': mixed set A is empty but the method trains on mixed+healthy; "
+                        f"set split.mixed_size / mixed_diseased_fraction")
+    return TrainSets(healthy=b, mixed=a)
+
+
+def fmt_duration(s: float) -> str:
+    """``1h02m`` or ``3m07s``: job times and ETAs in progress lines."""
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,54 @@
+"""Data notes of a run (from ``run.json``): per dataset its size, fingerprint, duplicate groups and the images left
+out as unreadable; shown in ``table.md`` and ``report.html``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anomaly_bench.harness.run_folder import RunFolder
+
+
+def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]]:
+    """Per dataset of the run (from ``run.json``): size, fingerprint, duplicate groups found, and the images
+    left out as unreadable under ``on_bad_image: skip`` (``[(path, reason)]``). Empty without a run.json."""
+    folder = RunFolder(run_dir)
+    if not folder.run_info_path.is_file():
+        return []
+    try:
+        info = folder.read_run_info()
+    except ValueError:
+        return []
+    notes = []
+    for name, d in (info.get("datasets") or {}).items():
+        if not isinstance(d, dict):
+            continue
+        skipped = [(str(x[0]), str(x[1])) if isinstance(x, (list, tuple)) and len(x) >= 2 else (str(x), "")
+                   for x in d.get("skipped_images") or []]
+        notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
+                      "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
+                      "skipped": skipped[:max_listed]})
+    return notes
+
+
+def data_note_summary(n: dict[str, Any]) -> str:
+    """One dataset's data note after its name and fingerprint: duplicate groups and images left out."""
+    dup = n["duplicates"]
+    dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) kept "
+               f"each in one split role" if dup else "no duplicate check")
+    return f"{dup_txt}; {n['n_skipped']} unreadable image(s) left out (on_bad_image: skip)."
+
+
+def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
+    """The 'Data' section of table.md: duplicates found and images left out, per dataset."""
+    if not notes:
+        return ""
+    lines = ["## Data", ""]
+    for n in notes:
+        lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; "
+                     f"{data_note_summary(n)}")
+        for path, reason in n["skipped"]:
+            lines.append(f"  - left out: `{path}`: {reason}")
+        if n["n_skipped"] > len(n["skipped"]):
+            lines.append(f"  - ... and {n['n_skipped'] - len(n['skipped'])} more (run.json lists them all)")
+    return "\n".join(lines) + "\n"

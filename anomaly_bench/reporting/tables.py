@@ -1,0 +1,391 @@
+"""The table model of a run: :func:`build_tables` turns metrics (and per-image scores, for CIs and p-values) into
+:class:`Tables` (blocks of :class:`Cell` per dataset/setting/level, notes, the seed paper's layout, the full summary).
+Rendering is elsewhere: :mod:`anomaly_bench.reporting.markdown` (Markdown, LaTeX) and
+:mod:`anomaly_bench.reporting.html`.
+
+Conventions (stated again in the notes under every table):
+
+* a cell is the mean ± sample standard deviation (ddof = 1) over the seeds that finished, 3 decimals; one seed:
+  the value alone; a job with no finite scores shows ``failed``; when only some seeds failed the cell carries
+  a dagger (†) and the mean is over the finished seeds;
+* the best mean of each metric column (higher is better; ties at 3 decimals all bold) is bold when at least two
+  rows have numbers;
+* ``AUC 95% CI``: CI of the seed-averaged AUC (the number in the AUC column) by stratified percentile bootstrap
+  of the test images, the same resampled images for every seed
+  (:func:`anomaly_bench.evaluation.stats.bootstrap_mean_auc_ci`); scores are never pooled across seeds, since
+  different seeds' scores live on different scales;
+* ``p vs <reference>``: DeLong's test (:func:`anomaly_bench.evaluation.stats.delong_test`) of each row against the
+  reference row on the same images and the same seed, Holm-corrected over the rows of that block.
+
+The seed paper's Table 1 layout (method, dataset, AUC, precision/specificity, F1) is ``Tables.paper``
+(``table_paper.*``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_bench.evaluation.metrics import METRICS_COLUMNS
+from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.reporting.inputs import level_arrays, normalise_metrics, normalise_scores, ordered_unique, scores_of
+
+DEFAULT_REFERENCE = "medai_anomalypro"
+
+#: (metric, header) of the main table per level; ``ci`` and ``p`` are computed columns.
+TABLE_COLUMNS = {
+    "image": [("auc", "AUC"), ("ci", "AUC 95% CI"), ("precision", "Precision"), ("recall", "Recall"),
+              ("specificity", "Specificity"), ("f1", "F1"), ("p", "p")],
+    "pixel": [("pixel_auroc", "Pixel AUROC"), ("best_dice", "Best Dice")],
+}
+TABLE_COLUMNS["subject"] = TABLE_COLUMNS["image"]
+#: Metrics that are counts or thresholds, not scores: never bold, never in the main table.
+NOT_SCORES = {"threshold", "n_pos", "n_neg", "n_nonfinite", "dice_threshold", "n_pixels", "n_anomalous_pixels"}
+SELECTION_LABELS = {"last": "", "aucp": "AUCp"}
+LEVEL_ORDER = {"image": 0, "subject": 1, "pixel": 2}
+FAILED = "failed"
+MISSING = "n/a"
+DAGGER = "†"
+
+
+# ============================================================================================ helpers
+def row_label(method: str, selection: str) -> str:
+    """``method`` for the last checkpoint, ``method (AUCp)`` for the pseudo-AUC selected one."""
+    tag = SELECTION_LABELS.get(str(selection), str(selection))
+    return f"{method} ({tag})" if tag else str(method)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def add_failed_jobs(metrics: pd.DataFrame, jobs: list[dict]) -> pd.DataFrame:
+    """NaN rows for failed jobs wherever they left no metrics (every setting, level and selection that other
+    jobs of the dataset have), so tables show them as failed (all seeds) or with a dagger (some seeds)."""
+    extra = []
+    for meta in jobs:
+        if meta.get("status") == "done":
+            continue
+        ds, method = str(meta.get("dataset")), str(meta.get("method"))
+        try:
+            seed = int(meta.get("seed"))
+        except (TypeError, ValueError):
+            continue
+        same_ds = metrics[metrics["dataset"] == ds]
+        sels = ordered_unique(same_ds.loc[same_ds["method"] == method, "selection"]) or ["last"]
+        have = same_ds[(same_ds["method"] == method) & (same_ds["seed"] == seed)]
+        have = set(zip(have["setting"], have["level"], have["selection"]))
+        blocks = same_ds.groupby(["setting", "level"], sort=False)["metric"].unique()
+        if blocks.empty:
+            blocks = pd.Series({("inductive", "image"): np.array(["auc", "precision", "recall", "specificity",
+                                                                  "f1"])})
+        for (setting, level), names in blocks.items():
+            for sel in sels:
+                if (setting, level, sel) in have:
+                    continue
+                extra += [(ds, setting, method, sel, seed, level, m, math.nan) for m in names if m not in NOT_SCORES]
+    if not extra:
+        return metrics
+    return pd.concat([metrics, pd.DataFrame(extra, columns=list(METRICS_COLUMNS))], ignore_index=True)
+
+
+# ============================================================================================ summary
+def summarise(metrics_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, setting, level, method, selection, metric): mean, std (ddof 1), min, max over
+    the seeds with a finite value, ``n_seeds`` (finite), ``n_failed`` (NaN), ``seeds``, ``values`` and the
+    table ``cell`` text. This is ``table_full.csv``."""
+    df = normalise_metrics(metrics_df)
+    keys = ["dataset", "setting", "level", "method", "selection", "metric"]
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        g = g.sort_values("seed")
+        vals = g["value"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(vals)
+        fin = vals[ok]
+        rows.append({
+            **dict(zip(keys, key)),
+            "label": row_label(key[3], key[4]),
+            "mean": float(fin.mean()) if len(fin) else math.nan,
+            "std": float(fin.std(ddof=1)) if len(fin) > 1 else (0.0 if len(fin) == 1 else math.nan),
+            "min": float(fin.min()) if len(fin) else math.nan,
+            "max": float(fin.max()) if len(fin) else math.nan,
+            "n_seeds": int(ok.sum()),
+            "n_failed": int((~ok).sum()),
+            "seeds": ";".join(str(s) for s in g["seed"]),
+            "values": ";".join("nan" if not np.isfinite(v) else repr(float(v)) for v in vals),
+            "cell": format_cell(vals),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_cell(values: Any) -> str:
+    """``0.812 ± 0.011`` (mean ± sample std over finite values), ``0.812`` for one value, ``failed`` for none;
+    a trailing † when some values are NaN (failed seeds)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    fin = v[np.isfinite(v)]
+    if len(fin) == 0:
+        return FAILED
+    text = _fmt(fin.mean()) if len(fin) == 1 else f"{_fmt(fin.mean())} ± {_fmt(fin.std(ddof=1))}"
+    return text + (DAGGER if len(fin) < len(v) else "")
+
+
+# ============================================================================================ tables
+@dataclass
+class Cell:
+    text: str
+    value: float = math.nan  # what "best" compares (the mean); NaN = not compared
+    bold: bool = False
+
+
+@dataclass
+class Block:
+    """One dataset (and setting, and level) group of columns in the main table."""
+
+    dataset: str
+    setting: str
+    level: str
+    title: str
+    columns: list[tuple[str, str]]  # (key, header)
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # row label -> column key -> cell
+
+
+@dataclass
+class Tables:
+    blocks: list[Block]
+    rows: list[str]  # row labels in order
+    notes: list[str]
+    paper: pd.DataFrame  # the seed paper's Table 1 layout
+    full: pd.DataFrame  # summarise()
+    reference: str | None = None
+    row_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # row label -> (method, selection)
+
+
+def _block_title(dataset: str, setting: str, level: str, show_setting: bool) -> str:
+    parts = [setting] if show_setting else []
+    if level != "image":
+        parts.append(f"{level} level")
+    return f"{dataset} ({', '.join(parts)})" if parts else dataset
+
+
+def primary_setting(settings: list[str]) -> str:
+    return "inductive" if "inductive" in settings else settings[0]
+
+
+def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None, *, jobs: list[dict] | None = None,
+                 reference_method: str | None = DEFAULT_REFERENCE, reference_selection: str = "last",
+                 n_boot: int = 1000, alpha: float = 0.05, boot_seed: int = 0,
+                 threshold_rule: str | float | None = None) -> Tables:
+    """All table content of a run (no files written); see the module docstring for the conventions."""
+    metrics = normalise_metrics(metrics_df)
+    if jobs:
+        metrics = add_failed_jobs(metrics, jobs)
+    scores = normalise_scores(scores_df)
+    full = summarise(metrics)
+    failed_methods = {(str(j.get("dataset")), str(j.get("method"))) for j in (jobs or []) if j.get("status") != "done"}
+
+    methods = ordered_unique(metrics["method"])
+    sel_order = {s: i for i, s in enumerate(["last", "aucp"])}
+    pairs = metrics[["method", "selection"]].drop_duplicates()
+    pairs = sorted(pairs.itertuples(index=False), key=lambda r: (methods.index(r[0]), sel_order.get(r[1], 9), r[1]))
+    row_keys = {row_label(m, s): (m, s) for m, s in pairs}
+    rows = list(row_keys)
+
+    have_ref = reference_method is not None and scores is not None and (scores["method"] == reference_method).any()
+    ref_sel = None
+    if have_ref:
+        sels = ordered_unique(scores.loc[scores["method"] == reference_method, "selection"])
+        ref_sel = reference_selection if reference_selection in sels else sels[0]
+    ref_label = row_label(reference_method, ref_sel) if have_ref else None
+
+    blocks: list[Block] = []
+    datasets = ordered_unique(metrics["dataset"])
+    for ds in datasets:
+        mds = metrics[metrics["dataset"] == ds]
+        settings = ordered_unique(mds["setting"])
+        primary = primary_setting(settings)
+        settings = [primary] + [s for s in settings if s != primary]
+        for setting in settings:
+            levels = sorted(ordered_unique(mds.loc[mds["setting"] == setting, "level"]),
+                            key=lambda lv: (LEVEL_ORDER.get(lv, 9), lv))
+            for level in levels:
+                blocks.append(_build_block(ds, setting, level, len(settings) > 1, full, rows, row_keys, scores,
+                                           failed_methods, ref_label, n_boot, alpha, boot_seed))
+
+    notes = _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full)
+    paper = _paper_table(full, rows, datasets)
+    return Tables(blocks=blocks, rows=rows, notes=notes, paper=paper, full=full, reference=ref_label,
+                  row_keys=row_keys)
+
+
+def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores, failed_methods, ref_label,
+                 n_boot, alpha, boot_seed) -> Block:
+    sub = full[(full["dataset"] == ds) & (full["setting"] == setting) & (full["level"] == level)]
+    present = set(sub["metric"])
+    base = TABLE_COLUMNS.get(level) or [(m, m) for m in ordered_unique(sub["metric"]) if m not in NOT_SCORES]
+    has_scores = scores is not None and level in ("image", "subject")
+    cols = []
+    for key, header in base:
+        if key == "ci":
+            if has_scores:
+                cols.append((key, f"AUC {round(100 * (1 - alpha))}% CI"))
+        elif key == "p":
+            if has_scores and ref_label is not None:
+                cols.append((key, f"p vs {ref_label}"))
+        elif key in present:
+            cols.append((key, header))
+    block = Block(ds, setting, level, _block_title(ds, setting, level, show_setting), cols)
+    lookup = {(r.label, r.metric): r for r in sub.itertuples(index=False)}
+    for label in rows:
+        method, _ = row_keys[label]
+        block.cells[label] = {}
+        for key, _h in cols:
+            if key in ("ci", "p"):
+                continue
+            r = lookup.get((label, key))
+            if r is None:
+                text = FAILED if (ds, method) in failed_methods else MISSING
+                block.cells[label][key] = Cell(text)
+            else:
+                block.cells[label][key] = Cell(r.cell, r.mean if r.n_seeds else math.nan)
+    if has_scores:
+        _add_ci_and_p(block, rows, row_keys, scores, ref_label, n_boot, alpha, boot_seed)
+    for key, _h in cols:
+        if key in ("ci", "p"):
+            continue
+        vals = {lab: c[key].value for lab, c in block.cells.items() if np.isfinite(c[key].value)}
+        if len(vals) >= 2:
+            best = max(round(v, 3) for v in vals.values())
+            for lab, v in vals.items():
+                if round(v, 3) == best:
+                    block.cells[lab][key].bold = True
+    return block
+
+
+def _add_ci_and_p(block: Block, rows, row_keys, scores, ref_label, n_boot, alpha, boot_seed) -> None:
+    keys = [k for k, _ in block.columns]
+    per_row = {lab: scores_of(scores, block.dataset, block.setting, *row_keys[lab]) for lab in rows}
+    for lab in rows:
+        seeds = per_row[lab]
+        if "ci" not in keys:
+            continue
+        if not seeds:
+            auc_text = block.cells[lab]["auc"].text if "auc" in block.cells[lab] else MISSING
+            block.cells[lab]["ci"] = Cell(FAILED if auc_text == FAILED else MISSING)
+            continue
+        ys, ss, gs = [], [], []
+        for seed in sorted(seeds):
+            _, y, s, groups = level_arrays(seeds[seed].sort_values("id", kind="stable"), block.level)
+            ys.append(y)
+            ss.append(s)
+            gs.append(groups)
+        try:
+            _, lo, hi = bootstrap_mean_auc_ci(ys, ss, n_boot=n_boot, alpha=alpha, seed=boot_seed, groups_list=gs)
+            text = f"[{_fmt(lo)}, {_fmt(hi)}]"
+        except ValueError:
+            text = MISSING
+        block.cells[lab]["ci"] = Cell(text)
+    if "p" not in keys:
+        return
+    ref_seeds = per_row.get(ref_label, {})
+    raw = {}
+    for lab in rows:
+        if lab == ref_label:
+            continue
+        common = sorted(set(per_row[lab]) & set(ref_seeds))
+        if not common:
+            raw[lab] = math.nan
+            continue
+        seed = common[0]
+        ka, ya, sa, _ = level_arrays(per_row[lab][seed], block.level)
+        kb, _yb, sb, _ = level_arrays(ref_seeds[seed], block.level)
+        a = pd.DataFrame({"k": ka, "y": ya, "a": sa}).drop_duplicates("k")
+        b = pd.DataFrame({"k": kb, "b": sb}).drop_duplicates("k")
+        m = a.merge(b, on="k", how="inner")
+        try:
+            raw[lab] = delong_test(m["y"].to_numpy(), m["a"].to_numpy(), m["b"].to_numpy())[3]
+        except ValueError:
+            raw[lab] = math.nan
+    labs = list(raw)
+    adj = dict(zip(labs, holm([raw[lab] for lab in labs]))) if labs else {}
+    for lab in rows:
+        if lab == ref_label:
+            block.cells[lab]["p"] = Cell("ref")
+        else:
+            block.cells[lab]["p"] = Cell(_fmt_p(adj.get(lab, math.nan)))
+
+
+def _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full) -> list[str]:
+    notes = ["Cells: mean ± sample standard deviation (ddof = 1) over seeds; one seed: the value alone. "
+             "Bold: best mean per column (higher is better)."]
+    if threshold_rule is not None:
+        rule = {"youden": "Youden's J (max TPR − FPR)",
+                "equal_error": "TPR ≈ 1 − FPR (the official HealthyGAN Find_Optimal_Cutoff)"}.get(
+            str(threshold_rule), f"fixed threshold {threshold_rule}")
+        notes.append(f"Precision, recall (sensitivity), specificity and F1 at the threshold chosen by {rule}, "
+                     "per seed, on the evaluated set; score ≥ threshold = anomalous.")
+    if (full["n_failed"] > 0).any() if len(full) else False:
+        notes.append(f"'{FAILED}': no seed finished. {DAGGER}: some seeds failed; mean over the seeds that finished.")
+    if any(k == "ci" for b in blocks for k, _ in b.columns):
+        notes.append(f"AUC {round(100 * (1 - alpha))}% CI: of the seed-averaged AUC, by stratified percentile "
+                     f"bootstrap of the test images ({n_boot} resamples; positives and negatives resampled "
+                     "separately, whole subjects where a subject has several images; the same resampled images "
+                     "for every seed). It shows test-set sampling uncertainty; ± shows seed-to-seed variation.")
+    if ref_label is not None and any(k == "p" for b in blocks for k, _ in b.columns):
+        notes.append(f"p vs {ref_label}: two-sided DeLong test for correlated AUCs on the same images and seed "
+                     "(the first seed both finished), Holm-corrected over the rows of each dataset block. "
+                     "Image-level tests treat slices of one subject as independent; use the subject level there.")
+    return notes
+
+
+def _paper_table(full: pd.DataFrame, rows: list[str], datasets: list[str]) -> pd.DataFrame:
+    """Seed paper Table 1 layout: one row per (method, dataset) on the primary setting and the subject level
+    where there is one (the paper scores migraine subjects), else the image level."""
+    out = []
+    for ds in datasets:
+        f = full[full["dataset"] == ds]
+        if f.empty:
+            continue
+        setting = primary_setting(ordered_unique(f["setting"]))
+        f = f[f["setting"] == setting]
+        level = "subject" if (f["level"] == "subject").any() else "image"
+        f = f[f["level"] == level]
+        for lab in rows:
+            fr = f[f["label"] == lab].set_index("metric")
+            if fr.empty:
+                continue
+            rec = {"method": lab, "dataset": ds, "setting": setting, "level": level}
+            for m in ("auc", "precision", "specificity", "f1"):
+                rec[f"{m}_mean"] = float(fr.at[m, "mean"]) if m in fr.index else math.nan
+                rec[f"{m}_std"] = float(fr.at[m, "std"]) if m in fr.index else math.nan
+                rec[f"{m}_cell"] = str(fr.at[m, "cell"]) if m in fr.index else MISSING
+            auc = fr.loc["auc"] if "auc" in fr.index else None
+            rec["n_seeds"] = int(auc["n_seeds"]) if auc is not None else 0
+            rec["n_failed"] = int(auc["n_failed"]) if auc is not None else 0
+            out.append(rec)
+    return pd.DataFrame(out)
+
+
+def row_empty(block: Block, label: str) -> bool:
+    """True when a row has nothing in this block (the method did not run on this dataset)."""
+    return all(c.text == MISSING for c in block.cells[label].values())
+
+
+PAPER_HEADERS = ("Method", "Dataset", "AUC", "Precision/Specificity", "F1")
+
+
+def paper_rows(tables: Tables) -> list[list[str]]:
+    rows = []
+    for r in tables.paper.itertuples(index=False):
+        ds = r.dataset if r.level == "image" else f"{r.dataset} ({r.level})"
+        rows.append([r.method, ds, r.auc_cell, f"{r.precision_cell} / {r.specificity_cell}", r.f1_cell])
+    return rows
