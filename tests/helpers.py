@@ -181,8 +181,8 @@ def diverging_plugin_source(name: str) -> str:
     ``Diverging``, so a test can append subclasses)."""
     return (
         "import numpy as np\n"
-        "from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult\n"
-        "from anomaly_bench.core.registry import register_method\n"
+        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.registry import register_method\n"
         f"@register_method({name!r}, overwrite=True)\n"
         "class Diverging(AnomalyMethod):\n"
         "    def fit(self, train, ctx=None):\n"

@@ -16,8 +16,8 @@ from conftest import EXAMPLE_PLUGIN
 PLUGIN = '''
 import numpy as np
 import torch
-from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult
-from anomaly_bench.core.interface import register_method
+from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult
+from anomaly_bench.registry import register_method
 
 @register_method("oom_once_for_test", overwrite=True)
 class OOMOnce(AnomalyMethod):

@@ -90,8 +90,8 @@ def test_fit_warnings_are_kept_in_job_json(tmp_path):
     plugin = tmp_path / "warner.py"
     plugin.write_text(
         "import numpy as np\n"
-        "from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult\n"
-        "from anomaly_bench.core.registry import register_method\n"
+        "from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult\n"
+        "from anomaly_bench.registry import register_method\n"
         "@register_method('warner_for_test', overwrite=True)\n"
         "class Warner(AnomalyMethod):\n"
         "    def fit(self, train, ctx=None):\n"
