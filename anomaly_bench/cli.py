@@ -200,6 +200,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.harness import regress as rg
     from anomaly_bench.harness import regress_exact as rx
+    from anomaly_bench.harness.run_folder import RunFolder
 
     ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
     exact_path = Path(exact_reference) if exact_reference else rx.DEFAULT_EXACT_REFERENCE
@@ -266,7 +267,7 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                 cmp = rg.compare(ref, new, floor, info["failed_jobs"], rg.nonfinite_jobs(scores), skipped,
                                  rg.score_sample(scores), seeds=sorted(int(x) for x in metrics["seed"].unique()))
                 click.echo(rg.format_table(cmp.table))
-                cmp.table.to_csv(out_dir / "regression_comparison.csv", index=False)
+                cmp.table.to_csv(RunFolder(out_dir).comparison_path, index=False)
                 for line in cmp.improvements:
                     click.secho(f"improved: {line}", fg="green")
                 if skipped:
