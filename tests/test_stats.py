@@ -14,10 +14,14 @@ from anomaly_bench.evaluation.stats import (
     bootstrap_auc_ci,
     bootstrap_aucs,
     bootstrap_mean_auc_ci,
+    bootstrap_p_value,
     delong_components,
     delong_test,
     delong_variance,
     holm,
+    paired_bootstrap_aucs,
+    paired_mean_auc_test,
+    seed_draws,
 )
 
 
@@ -229,3 +233,78 @@ def test_holm_is_at_least_raw_and_controls_fwer():
         assert np.all(adj >= p - 1e-15)
         fam_err += np.any(adj < 0.05)
     assert fam_err / 400 <= 0.08
+
+
+# ----------------------------------------------------------------------------- over seeds
+def _seed_run(rng, n, shift):
+    """Labels and scores of one seed's test set (n images, half positive) whose AUC is about Phi(shift/sqrt 2)."""
+    y = np.r_[np.ones(n // 2), np.zeros(n - n // 2)].astype(int)
+    return y, rng.normal(size=n) + shift * y
+
+
+def test_mean_auc_ci_covers_disagreeing_seeds():
+    """Seeds whose AUCs are about 0.25, 0.72, 0.83: the interval must span the seed spread, not only the
+    test-set sampling of their mean (the old images-only interval was about mean +- 0.03 here)."""
+    rng = np.random.default_rng(11)
+    runs = [_seed_run(rng, 300, d) for d in (-0.95, 0.82, 1.35)]
+    aucs = [roc_auc_score(y, s) for y, s in runs]
+    assert aucs[0] < 0.3 and 0.68 < aucs[1] < 0.76 and 0.79 < aucs[2] < 0.87
+    mean, lo, hi = bootstrap_mean_auc_ci([y for y, _ in runs], [s for _, s in runs], n_boot=1000, seed=0)
+    assert mean == pytest.approx(np.mean(aucs))
+    assert lo < 0.5 and hi > 0.75
+    assert bootstrap_mean_auc_ci([y for y, _ in runs], [s for _, s in runs], n_boot=1000, seed=0) == (mean, lo, hi)
+
+
+def test_mean_auc_ci_identical_seeds_is_images_only():
+    rng = np.random.default_rng(12)
+    y, s = _seed_run(rng, 120, 1.0)
+    groups = np.arange(120) // 2
+    for g in (None, groups):
+        want = bootstrap_auc_ci(y, s, n_boot=400, seed=5, groups=g)
+        got = bootstrap_mean_auc_ci([y, y, y], [s, s, s], n_boot=400, seed=5, groups_list=[g, g, g])
+        assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_seed_draws_deterministic_and_with_replacement():
+    d = seed_draws(3, 2000, seed=4)
+    assert np.array_equal(d, seed_draws(3, 2000, seed=4)) and not np.array_equal(d, seed_draws(3, 2000, seed=5))
+    assert d.shape == (2000, 3) and set(np.unique(d)) == {0, 1, 2}
+    assert np.mean([len(set(r)) < 3 for r in d]) > 0.7  # 1 - 3!/27 = 0.78 of replicates repeat a seed
+    assert np.all(seed_draws(1, 10) == 0)
+
+
+def test_paired_mean_auc_test_uses_every_seed():
+    """Seed 0: the two methods tie (same scores); seeds 1 and 2: a is far better. A first-seed test says p = 1;
+    over all seeds p is small. All seeds tying gives p = 1."""
+    rng = np.random.default_rng(13)
+    ys, a, b = [], [], []
+    for seed in range(3):
+        y, base = _seed_run(rng, 200, 0.3)
+        ys.append(y)
+        b.append(base)
+        a.append(base if seed == 0 else base + 3.0 * y)
+    diff, p = paired_mean_auc_test(ys, a, b, n_boot=2000, seed=0)
+    want = np.mean([roc_auc_score(y, sa) - roc_auc_score(y, sb) for y, sa, sb in zip(ys, a, b)])
+    assert diff == pytest.approx(want) and diff > 0.2
+    assert p < 0.05
+    assert delong_test(ys[0], a[0], b[0])[3] == 1.0  # what the old first-seed p column printed
+    assert paired_mean_auc_test(ys, b, b, n_boot=500, seed=0) == (0.0, 1.0)
+    _, p_flip = paired_mean_auc_test(ys, b, a, n_boot=2000, seed=0)
+    assert p_flip == pytest.approx(p)  # two-sided
+
+
+def test_paired_mean_auc_test_same_image_resample_for_both():
+    rng = np.random.default_rng(14)
+    y, s = _seed_run(rng, 80, 1.0)
+    g = np.arange(80) // 4
+    ra, rb = paired_bootstrap_aucs(y, [s, -s], n_boot=300, seed=2, groups=g)
+    assert ra + rb == pytest.approx(np.ones(300))
+    assert np.array_equal(ra, bootstrap_aucs(y, s, n_boot=300, seed=2, groups=g))
+
+
+def test_bootstrap_p_value_hand_case():
+    assert bootstrap_p_value(np.array([1.0, 2.0, 3.0, -1.0])) == pytest.approx(2 * (1 + 1) / 5)
+    assert bootstrap_p_value(np.array([0.0, 0.0, 1.0, 1.0])) == pytest.approx(2 * (1 + 1) / 5)  # ties count 1/2
+    assert bootstrap_p_value(np.zeros(10)) == 1.0
+    assert bootstrap_p_value(np.ones(999)) == pytest.approx(2 / 1000)
+    assert math.isnan(bootstrap_p_value(np.array([np.nan])))

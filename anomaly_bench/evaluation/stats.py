@@ -4,9 +4,14 @@
   replicate keeps the class sizes); with ``groups`` (subjects) whole subjects are resampled within their class
   (subject class = max label of its images), which keeps the correlation between slices of one subject.
   Every replicate's AUC is computed exactly (ties count 1/2) from weighted cumulative counts over the sorted
-  scores, so no per-replicate sort is needed. The resampled images depend on labels, groups, order and seed only,
-  so :func:`bootstrap_mean_auc_ci` can resample the same test images for every seed of a method and give the CI of
-  the seed-averaged AUC that result tables print.
+  scores, so no per-replicate sort is needed. The resampled images depend on labels, groups, order and seed only
+  (:func:`paired_bootstrap_aucs` scores several vectors of the same images under one resample).
+* :func:`bootstrap_mean_auc_ci` (:func:`hierarchical_mean_aucs`): CI of the mean AUC over seeds by a two-level
+  bootstrap: seeds with replacement, then each drawn seed's test images (clusters) within that seed; it covers
+  seed-to-seed variation and test-set sampling. One seed: images only.
+* :func:`paired_mean_auc_test`: paired hierarchical bootstrap of the mean AUC difference of two methods over
+  their common seeds (same seed draw, same image clusters within a seed for both); two-sided bootstrap p
+  (:func:`bootstrap_p_value`).
 * :func:`delong_test`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated AUCs on the same images, with
   the midrank algorithm of Sun & Xu (2014, IEEE SPL 21:1389). Two-sided p from the normal approximation.
   Images are treated as independent; with several slices per subject use subject scores.
@@ -48,6 +53,56 @@ def _resample_counts(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarra
     return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
+def _units(y: np.ndarray, groups: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit index of each image, class of each unit): the clusters the bootstrap resamples. Without ``groups``
+    each image is its own unit; with them a unit is a group (subject), of class max label of its images."""
+    if groups is None:
+        return np.arange(len(y)), y.astype(bool)
+    g = np.asarray(groups).reshape(-1)
+    if len(g) != len(y):
+        raise ValueError(f"groups ({len(g)}) and labels ({len(y)}) differ in length")
+    _, unit = np.unique(g.astype(str), return_inverse=True)
+    unit_label = np.zeros(unit.max() + 1, dtype=bool)
+    np.logical_or.at(unit_label, unit, y.astype(bool))  # subject class = max label
+    return unit, unit_label
+
+
+def _unit_weight_chunks(unit_label: np.ndarray, n_boot: int, seed: int, chunk: int) -> list[np.ndarray]:
+    """Stratified resample of the units: (b, n_units) multiplicities per chunk of replicates, positive and
+    negative units drawn separately with replacement (so each replicate keeps the class sizes)."""
+    pos_units, neg_units = np.flatnonzero(unit_label), np.flatnonzero(~unit_label)
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        w_units = np.zeros((b, len(unit_label)), dtype=np.float64)
+        w_units[:, pos_units] = _resample_counts(rng, b, len(pos_units))
+        w_units[:, neg_units] = _resample_counts(rng, b, len(neg_units))
+        out.append(w_units)
+    return out
+
+
+def _aucs_under_weights(y: np.ndarray, s: np.ndarray, unit: np.ndarray, chunks: list[np.ndarray]) -> np.ndarray:
+    """Replicate AUCs of one score vector under the given unit multiplicities."""
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted, unit_sorted = s[order], y[order].astype(bool), unit[order]
+    run_starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    out = []
+    for w_units in chunks:
+        w = w_units[:, unit_sorted]
+        out.append(_weighted_auc(w * y_sorted, w * ~y_sorted, run_starts))
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def _checked(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = _as_binary_labels(labels)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(s) != len(y):
+        raise ValueError(f"labels ({len(y)}) and scores ({len(s)}) differ in length")
+    _check_two_classes(y)
+    return y, s
+
+
 def bootstrap_aucs(labels: Any, scores: Any, n_boot: int = 1000, seed: int = 0, groups: Any | None = None,
                    chunk: int = 250) -> np.ndarray:
     """The ``n_boot`` bootstrap replicate AUCs behind :func:`bootstrap_auc_ci` (same arguments).
@@ -55,37 +110,19 @@ def bootstrap_aucs(labels: Any, scores: Any, n_boot: int = 1000, seed: int = 0, 
     The resampling depends only on ``labels``, ``groups``, the input order and ``seed``, never on the scores:
     two score vectors of the same images in the same order get the same resampled images (paired replicates).
     """
-    y = _as_binary_labels(labels)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(s) != len(y):
-        raise ValueError(f"labels ({len(y)}) and scores ({len(s)}) differ in length")
-    _check_two_classes(y)
-    if groups is None:
-        unit = np.arange(len(y))
-        unit_label = y.astype(bool)
-    else:
-        g = np.asarray(groups).reshape(-1)
-        if len(g) != len(y):
-            raise ValueError(f"groups ({len(g)}) and labels ({len(y)}) differ in length")
-        _, unit = np.unique(g.astype(str), return_inverse=True)
-        unit_label = np.zeros(unit.max() + 1, dtype=bool)
-        np.logical_or.at(unit_label, unit, y.astype(bool))  # subject class = max label
-    pos_units, neg_units = np.flatnonzero(unit_label), np.flatnonzero(~unit_label)
+    return paired_bootstrap_aucs(labels, [scores], n_boot=n_boot, seed=seed, groups=groups, chunk=chunk)[0]
 
-    order = np.argsort(s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order].astype(bool)
-    unit_sorted = unit[order]
-    run_starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    rng = np.random.default_rng(seed)
-    out = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        w_units = np.zeros((b, len(unit_label)), dtype=np.float64)
-        w_units[:, pos_units] = _resample_counts(rng, b, len(pos_units))
-        w_units[:, neg_units] = _resample_counts(rng, b, len(neg_units))
-        w = w_units[:, unit_sorted]
-        out[start:start + b] = _weighted_auc(w * y_sorted, w * ~y_sorted, run_starts)
-    return out
+
+def paired_bootstrap_aucs(labels: Any, scores_list: list, n_boot: int = 1000, seed: int = 0,
+                          groups: Any | None = None, chunk: int = 250) -> np.ndarray:
+    """(k, n_boot) replicate AUCs of k score vectors of the same images, all under the same resampled images
+    (the stratified cluster resample of :func:`bootstrap_aucs`, drawn once). Row i equals
+    ``bootstrap_aucs(labels, scores_list[i], ...)``."""
+    y = _as_binary_labels(labels)
+    pairs = [_checked(y, s) for s in scores_list]
+    unit, unit_label = _units(y, groups)
+    chunks = _unit_weight_chunks(unit_label, n_boot, seed, chunk)
+    return np.stack([_aucs_under_weights(y, s, unit, chunks) for _, s in pairs])
 
 
 def bootstrap_auc_ci(labels: Any, scores: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
@@ -105,36 +142,104 @@ def bootstrap_auc_ci(labels: Any, scores: Any, n_boot: int = 1000, alpha: float 
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     auc = float(roc_auc_score(y, s))
     reps = bootstrap_aucs(y, s, n_boot=n_boot, seed=seed, groups=groups)
+    return (auc,) + _percentile(reps, alpha)
+
+
+def _percentile(reps: np.ndarray, alpha: float) -> tuple[float, float]:
     reps = reps[np.isfinite(reps)]
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return auc, float(lo), float(hi)
+    return float(lo), float(hi)
 
 
-def bootstrap_mean_auc_ci(labels_list: list, scores_list: list, n_boot: int = 1000, alpha: float = 0.05,
-                          seed: int = 0, groups_list: list | None = None) -> tuple[float, float, float]:
-    """(mean AUC, lower, upper) for the mean AUC over several runs (seeds) scored on test images.
+# --------------------------------------------------------------------------------------------- over seeds
+def seed_draws(n_seeds: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n_seeds) indices of the seeds drawn (with replacement) in each replicate. Its own random stream
+    (``default_rng([seed, 1])``), separate from the image resample's; one seed: always that seed."""
+    if n_seeds == 1:
+        return np.zeros((n_boot, 1), dtype=np.int64)
+    return np.random.default_rng([seed, 1]).integers(0, n_seeds, size=(n_boot, n_seeds))
 
-    Every run is bootstrapped with the same ``seed``; runs that score the same images in the same order
-    (sort them by image id) therefore get the same resampled images in every replicate, so the interval is that
-    of the seed-averaged AUC under resampling of the test set (seed-to-seed variation is not in it).
-    Non-finite scores in any run give (nan, nan, nan).
+
+def _mean_over_drawn_seeds(reps: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Replicate b's mean over its drawn seeds of that seed's replicate-b value; ``reps`` (n_seeds, n_boot)."""
+    return reps[draws, np.arange(draws.shape[0])[:, None]].mean(axis=1)
+
+
+def hierarchical_mean_aucs(labels_list: list, scores_list: list, n_boot: int = 1000, seed: int = 0,
+                           groups_list: list | None = None) -> tuple[float, np.ndarray]:
+    """(mean AUC over seeds, its ``n_boot`` hierarchical bootstrap replicates).
+
+    Two levels: each replicate draws ``k`` of the ``k`` seeds with replacement (:func:`seed_draws`), and each
+    drawn seed's test images are resampled within that seed (stratified, by cluster when ``groups`` are given:
+    :func:`bootstrap_aucs`); the replicate is the mean AUC of the drawn seeds. Every seed's images are resampled
+    with the same stream (``seed``), so seeds with the same test images in the same order get the same
+    resampled images, and a seed drawn twice in one replicate enters with the same image resample twice.
     """
     if len(labels_list) != len(scores_list) or not scores_list:
         raise ValueError("labels_list and scores_list must be non-empty lists of equal length")
     groups_list = groups_list if groups_list is not None else [None] * len(scores_list)
     aucs, reps = [], []
     for y, s, g in zip(labels_list, scores_list, groups_list):
-        y = _as_binary_labels(y)
-        s = np.asarray(s, dtype=np.float64).reshape(-1)
-        _check_two_classes(y)
+        y, s = _checked(y, s)
         if not np.all(np.isfinite(s)):
-            return math.nan, math.nan, math.nan
+            return math.nan, np.full(n_boot, math.nan)
         aucs.append(float(roc_auc_score(y, s)))
         reps.append(bootstrap_aucs(y, s, n_boot=n_boot, seed=seed, groups=g))
-    mean_reps = np.mean(reps, axis=0)
-    mean_reps = mean_reps[np.isfinite(mean_reps)]
-    lo, hi = np.quantile(mean_reps, [alpha / 2, 1 - alpha / 2])
-    return float(np.mean(aucs)), float(lo), float(hi)
+    draws = seed_draws(len(reps), n_boot, seed)
+    return float(np.mean(aucs)), _mean_over_drawn_seeds(np.stack(reps), draws)
+
+
+def bootstrap_mean_auc_ci(labels_list: list, scores_list: list, n_boot: int = 1000, alpha: float = 0.05,
+                          seed: int = 0, groups_list: list | None = None) -> tuple[float, float, float]:
+    """(mean AUC, lower, upper) for the mean AUC over several runs (seeds), each scored on its own test images.
+
+    Percentile interval of :func:`hierarchical_mean_aucs`: seeds and, within each drawn seed, its test images
+    (clusters) are resampled, so the interval covers seed-to-seed variation and test-set sampling. One seed:
+    images only, equal to :func:`bootstrap_auc_ci`. Non-finite scores in any run give (nan, nan, nan).
+    """
+    mean, reps = hierarchical_mean_aucs(labels_list, scores_list, n_boot=n_boot, seed=seed, groups_list=groups_list)
+    if not np.isfinite(mean):
+        return math.nan, math.nan, math.nan
+    return (mean,) + _percentile(reps, alpha)
+
+
+def bootstrap_p_value(reps: np.ndarray) -> float:
+    """Two-sided bootstrap p of "the difference is 0": ``2 min(P(d < 0) + P(d = 0)/2, P(d > 0) + P(d = 0)/2)``,
+    each tail with the +1 correction ``(1 + count) / (1 + B)``, capped at 1 (NaN replicates dropped)."""
+    d = reps[np.isfinite(reps)]
+    if len(d) == 0:
+        return math.nan
+    ties = 0.5 * np.count_nonzero(d == 0)
+    lower = (1 + np.count_nonzero(d < 0) + ties) / (1 + len(d))
+    upper = (1 + np.count_nonzero(d > 0) + ties) / (1 + len(d))
+    return float(min(1.0, 2 * min(lower, upper)))
+
+
+def paired_mean_auc_test(labels_list: list, scores_a_list: list, scores_b_list: list, n_boot: int = 1000,
+                         seed: int = 0, groups_list: list | None = None) -> tuple[float, float]:
+    """(mean over seeds of AUC_a − AUC_b, two-sided p): paired hierarchical bootstrap over the common seeds.
+
+    Entry i of each list is one seed, with a and b scoring the same images in the same order. Each replicate
+    draws seeds with replacement (:func:`seed_draws`, the same draw for a and b) and, within a drawn seed,
+    resamples its image clusters once for both a and b (:func:`paired_bootstrap_aucs`); the replicate is the
+    mean over drawn seeds of the difference, and p is :func:`bootstrap_p_value` of the replicates. With few
+    seeds the seed level is coarse: k seeds cannot give p much below ``k ** -k`` when one seed shows no
+    difference. Non-finite scores give (nan, nan).
+    """
+    if not (len(labels_list) == len(scores_a_list) == len(scores_b_list)) or not labels_list:
+        raise ValueError("labels_list, scores_a_list and scores_b_list must be non-empty lists of equal length")
+    groups_list = groups_list if groups_list is not None else [None] * len(labels_list)
+    diffs, reps = [], []
+    for y, a, b, g in zip(labels_list, scores_a_list, scores_b_list, groups_list):
+        y, a = _checked(y, a)
+        _, b = _checked(y, b)
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            return math.nan, math.nan
+        diffs.append(float(roc_auc_score(y, a) - roc_auc_score(y, b)))
+        ra, rb = paired_bootstrap_aucs(y, [a, b], n_boot=n_boot, seed=seed, groups=g)
+        reps.append(ra - rb)
+    d = _mean_over_drawn_seeds(np.stack(reps), seed_draws(len(reps), n_boot, seed))
+    return float(np.mean(diffs)), bootstrap_p_value(d)
 
 
 # --------------------------------------------------------------------------------------------- DeLong
