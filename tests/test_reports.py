@@ -10,13 +10,15 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.evaluation.metrics import compute_metrics, pixel_metrics
-from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, holm, paired_mean_auc_test
 from anomaly_bench.reporting.figures import choose_gallery_ids
 from anomaly_bench.reporting.html import write_html_report
+from anomaly_bench.reporting.inputs import read_jobs
 from anomaly_bench.reporting.markdown import latex_escape
-from anomaly_bench.reporting.tables import format_cell
+from anomaly_bench.reporting.tables import build_tables, format_cell
 from anomaly_bench.reporting.write import write_reports
 
 N_BOOT = 200
@@ -129,6 +131,11 @@ def cell(blocks, title, row, header):
     return rows[row][headers.index(header)]
 
 
+def _tables(root, scores, metrics):
+    """The table model write_reports built for the ``run`` fixture."""
+    return build_tables(metrics, scores, jobs=read_jobs(root), n_boot=N_BOOT)
+
+
 def unbold(text: str) -> str:
     return text[2:-2] if text.startswith("**") and text.endswith("**") else text
 
@@ -218,8 +225,8 @@ def test_failed_jobs_show_failed_and_partial_failures_dagger(run):
     assert "some seeds failed" in md
 
 
-def test_ci_and_delong_columns(run):
-    root, scores, _, _ = run
+def test_ci_and_p_columns(run):
+    root, scores, metrics, _ = run
     blocks = parse_md((root / "table.md").read_text())
     assert cell(blocks, "chest_xr", "medai_anomalypro", "p vs medai_anomalypro") == "ref"
 
@@ -228,16 +235,19 @@ def test_ci_and_delong_columns(run):
                    & (scores.seed == seed) & (scores.setting == "inductive")]
         return f.sort_values("id")
 
-    ref = frame("medai_anomalypro", "last")
     runs = [frame("medai_anomalypro", "last", seed) for seed in (0, 1, 2)]
     _, lo, hi = bootstrap_mean_auc_ci([f.label for f in runs], [f.score for f in runs], n_boot=N_BOOT, seed=0)
     assert cell(blocks, "chest_xr", "medai_anomalypro", "AUC 95% CI") == f"[{lo:.3f}, {hi:.3f}]"
-    raw = [delong_test(ref.label, frame(m, s).score, ref.score)[3]
-           for m, s in (("medai_anomalypro", "aucp"), ("padim", "last"))] + [np.nan, np.nan]  # ganomaly, alad
-    adj = holm(raw)
-    for (label, p) in zip(("medai_anomalypro (AUCp)", "padim"), adj[:2]):
-        want = "<0.001" if p < 0.001 else f"{p:.3f}"
-        assert cell(blocks, "chest_xr", label, "p vs medai_anomalypro") == want
+    aucs = [roc_auc_score(f.label, f.score) for f in runs]
+    assert cell(blocks, "chest_xr", "medai_anomalypro", "AUC range") == f"{min(aucs):.3f}–{max(aucs):.3f}"
+    # raw p: paired bootstrap over all three common seeds (not DeLong on seed 0), before the table-wide Holm
+    tables = _tables(root, scores, metrics)
+    chest = next(b for b in tables.blocks if b.title == "chest_xr")
+    ref = [frame("medai_anomalypro", "last", seed) for seed in (0, 1, 2)]
+    pad = [frame("padim", "last", seed) for seed in (0, 1, 2)]
+    _, want = paired_mean_auc_test([f.label for f in ref], [f.score for f in pad], [f.score for f in ref],
+                                   n_boot=N_BOOT, seed=0)
+    assert chest.p_raw["padim"] == pytest.approx(want)
     assert cell(blocks, "chest_xr", "ganomaly", "p vs medai_anomalypro") == "n/a"
     # subject level: CI on subject means; padim's seed 2 failed, so its CI averages seeds 0 and 1
     aggs = [frame("padim", "last", seed, ds="brain_mri").groupby("subject").agg(score=("score", "mean"),
@@ -251,6 +261,73 @@ def test_ci_and_delong_columns(run):
     _, lo, hi = bootstrap_mean_auc_ci([f.label for f in runs], [f.score for f in runs], n_boot=N_BOOT, seed=0,
                                       groups_list=[f.subject for f in runs])
     assert cell(blocks, "brain_mri (inductive)", "padim", "AUC 95% CI") == f"[{lo:.3f}, {hi:.3f}]"
+
+
+def test_holm_over_the_whole_table(run):
+    """Every p of the main table is one Holm family: the printed p's are holm() of all raw p's of all blocks."""
+    root, scores, metrics, _ = run
+    tables = _tables(root, scores, metrics)
+    family = [(b, lab) for b in tables.blocks for lab in b.p_raw]
+    assert len({b.title for b, _ in family}) >= 4  # image and subject levels, both settings, both datasets
+    adj = holm([b.p_raw[lab] for b, lab in family])
+    for (b, lab), p in zip(family, adj):
+        want = "n/a" if not np.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+        assert b.cells[lab]["p"].text == want, (b.title, lab)
+    per_block = [holm([b.p_raw[lab] for lab in b.p_raw]) for b in tables.blocks if b.p_raw]
+    assert not np.allclose(np.concatenate(per_block), adj, equal_nan=True)  # the old per-block family differs
+    assert "over all" in " ".join(tables.notes) and "every block together" in " ".join(tables.notes)
+
+
+def _seed_scores(rows_by_method: dict, n: int = 200, dataset: str = "chest_xr") -> pd.DataFrame:
+    """A scores frame: {method: [scores of seed 0, seed 1, ...]} on n images per seed (labels alternate), each
+    seed on its own image ids (seeds share half their test images, as splits of different seeds do)."""
+    labels = np.arange(n) % 2
+    out = []
+    for method, per_seed in rows_by_method.items():
+        for seed, sc in enumerate(per_seed):
+            ids = [f"img{i + seed * n // 2:04d}" for i in range(n)]
+            out.append(pd.DataFrame({"dataset": dataset, "setting": "inductive", "method": method, "selection": "last",
+                                     "seed": seed, "id": ids, "subject": ids, "label": labels, "score": sc}))
+    return pd.concat(out, ignore_index=True)
+
+
+def _block_cells(scores: pd.DataFrame, reference="ref", n_boot=1000):
+    t = build_tables(compute_metrics(scores), scores, reference_method=reference, n_boot=n_boot)
+    return t, t.blocks[0]
+
+
+def test_ci_covers_seed_to_seed_variation():
+    rng = np.random.default_rng(21)
+    y = np.arange(300) % 2
+    sc = [rng.normal(size=300) + d * y for d in (-0.95, 0.82, 1.35)]  # seed AUCs about 0.25, 0.72, 0.83
+    t, b = _block_cells(_seed_scores({"m": sc}, n=300), reference=None)
+    aucs = sorted(roc_auc_score(y, s) for s in sc)
+    assert aucs[0] < 0.3 and aucs[2] > 0.79
+    lo, hi = (float(x) for x in b.cells["m"]["ci"].text.strip("[]").split(", "))
+    assert lo < 0.5 and hi > 0.75  # the images-only interval of the mean was about [0.56, 0.62]
+    assert dict(b.columns)["ci"] == "AUC 95% CI"
+    assert b.cells["m"]["range"].text == f"{aucs[0]:.3f}–{aucs[2]:.3f}"
+    # identical seeds: the image-only bootstrap of one seed, and the header says so only for a single seed
+    _, b_same = _block_cells(_seed_scores({"m": [sc[1]] * 3}, n=300), reference=None)
+    _, b_one = _block_cells(_seed_scores({"m": [sc[1]]}, n=300), reference=None)
+    assert b_same.cells["m"]["ci"].text == b_one.cells["m"]["ci"].text
+    assert dict(b_one.columns)["ci"] == "AUC 95% CI (images only)"
+    assert b_one.cells["m"]["range"].text == "1 seed"
+
+
+def test_p_uses_every_common_seed():
+    """Seed 0: the method ties with the reference (same scores); seeds 1, 2: it is far better. The old first-seed
+    DeLong p was 1; over all seeds p is small (about 1/27: the replicates that draw seed 0 three times)."""
+    rng = np.random.default_rng(22)
+    y = np.arange(200) % 2
+    ref = [rng.normal(size=200) + 0.3 * y for _ in range(3)]
+    better = [ref[0]] + [r + 3.0 * y for r in ref[1:]]
+    _, b = _block_cells(_seed_scores({"ref": ref, "m": better}))
+    p = b.cells["m"]["p"].text
+    assert p == "<0.001" or float(p) < 0.05
+    assert b.p_raw["m"] == pytest.approx(1 / 27, abs=0.012)
+    _, b_tie = _block_cells(_seed_scores({"ref": ref, "m": [r * 2 + 1 for r in ref]}))  # same ranking every seed
+    assert b_tie.cells["m"]["p"].text == "1.000"
 
 
 def _strip_escaped(tex: str) -> str:
@@ -284,7 +361,7 @@ def test_latex_is_syntactically_sound(run):
     tex = (root / "table.tex").read_text()
     assert tex.count("\\begin{tabular}") == 3  # 5 dataset blocks, 2 side by side
     assert "\\textbf{" in tex and "medai\\_anomalypro (AUCp)" in tex and "$\\pm$" in tex
-    assert "\\cmidrule(lr){2-8}" in tex and "\\multicolumn{7}{c}{chest\\_xr}" in tex
+    assert "\\cmidrule(lr){2-9}" in tex and "\\multicolumn{8}{c}{chest\\_xr}" in tex
     assert "$<$0.001" in tex or re.search(r"& [01]\.\d{3} \\\\", tex)
 
 

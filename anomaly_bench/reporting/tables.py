@@ -10,12 +10,16 @@ Conventions (stated again in the notes under every table):
   a dagger (†) and the mean is over the finished seeds;
 * the best mean of each metric column (higher is better; ties at 3 decimals all bold) is bold when at least two
   rows have numbers;
-* ``AUC 95% CI``: CI of the seed-averaged AUC (the number in the AUC column) by stratified percentile bootstrap
-  of the test images, the same resampled images for every seed
-  (:func:`anomaly_bench.evaluation.stats.bootstrap_mean_auc_ci`); scores are never pooled across seeds, since
-  different seeds' scores live on different scales;
-* ``p vs <reference>``: DeLong's test (:func:`anomaly_bench.evaluation.stats.delong_test`) of each row against the
-  reference row on the same images and the same seed, Holm-corrected over the rows of that block.
+* ``AUC range``: min–max of the AUC over the seeds that finished;
+* ``AUC 95% CI``: CI of the seed-averaged AUC (the number in the AUC column) by a hierarchical percentile
+  bootstrap: seeds with replacement, then each drawn seed's own test images (whole subjects where a subject has
+  several images), stratified by class (:func:`anomaly_bench.evaluation.stats.bootstrap_mean_auc_ci`). It covers
+  seed-to-seed variation and test-set sampling; a block where no row has two seeds says ``(images only)``.
+  Scores are never pooled across seeds, since different seeds' scores live on different scales;
+* ``p vs <reference>``: paired hierarchical bootstrap of the seed-mean AUC difference over every seed both rows
+  finished (:func:`anomaly_bench.evaluation.stats.paired_mean_auc_test`: the same seed draw and, within a seed,
+  the same resampled images for both rows), two-sided, Holm-corrected over every p of the main table (all
+  blocks together). DeLong's test is no longer in the table (it compared one seed only).
 
 The seed paper's Table 1 layout (method, dataset, AUC, precision/specificity, F1) is ``Tables.paper``
 (``table_paper.*``).
@@ -31,14 +35,15 @@ import numpy as np
 import pandas as pd
 
 from anomaly_bench.evaluation.metrics import METRICS_COLUMNS
-from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, delong_test, holm
+from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, holm, paired_mean_auc_test
 from anomaly_bench.reporting.inputs import level_arrays, normalise_metrics, normalise_scores, ordered_unique, scores_of
 
 DEFAULT_REFERENCE = "medai_anomalypro"
 
 #: (metric, header) of the main table per level; ``ci`` and ``p`` are computed columns.
 TABLE_COLUMNS = {
-    "image": [("auc", "AUC"), ("ci", "AUC 95% CI"), ("precision", "Precision"), ("recall", "Recall"),
+    "image": [("auc", "AUC"), ("range", "AUC range"), ("ci", "AUC 95% CI"), ("precision", "Precision"),
+              ("recall", "Recall"),
               ("specificity", "Specificity"), ("f1", "F1"), ("p", "p")],
     "pixel": [("pixel_auroc", "Pixel AUROC"), ("best_dice", "Best Dice")],
 }
@@ -50,6 +55,8 @@ LEVEL_ORDER = {"image": 0, "subject": 1, "pixel": 2}
 FAILED = "failed"
 MISSING = "n/a"
 DAGGER = "†"
+#: Columns computed here from per-image scores (never bold).
+COMPUTED = ("range", "ci", "p")
 
 
 # ============================================================================================ helpers
@@ -157,6 +164,7 @@ class Block:
     title: str
     columns: list[tuple[str, str]]  # (key, header)
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # row label -> column key -> cell
+    p_raw: dict[str, float] = field(default_factory=dict)  # row label -> unadjusted p vs the reference
 
 
 @dataclass
@@ -220,6 +228,7 @@ def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None
             for level in levels:
                 blocks.append(_build_block(ds, setting, level, len(settings) > 1, full, rows, row_keys, scores,
                                            failed_methods, ref_label, n_boot, alpha, boot_seed))
+    _holm_over_table(blocks, ref_label)
 
     notes = _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full)
     paper = _paper_table(full, rows, datasets)
@@ -233,11 +242,13 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
     present = set(sub["metric"])
     base = TABLE_COLUMNS.get(level) or [(m, m) for m in ordered_unique(sub["metric"]) if m not in NOT_SCORES]
     has_scores = scores is not None and level in ("image", "subject")
+    per_row = {lab: scores_of(scores, ds, setting, *row_keys[lab]) for lab in rows} if has_scores else {}
+    images_only = not any(len(seeds) > 1 for seeds in per_row.values())
     cols = []
     for key, header in base:
-        if key == "ci":
+        if key in ("ci", "range"):
             if has_scores:
-                cols.append((key, f"AUC {round(100 * (1 - alpha))}% CI"))
+                cols.append((key, _ci_header(alpha, images_only) if key == "ci" else header))
         elif key == "p":
             if has_scores and ref_label is not None:
                 cols.append((key, f"p vs {ref_label}"))
@@ -249,7 +260,7 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
         method, _ = row_keys[label]
         block.cells[label] = {}
         for key, _h in cols:
-            if key in ("ci", "p"):
+            if key in COMPUTED:
                 continue
             r = lookup.get((label, key))
             if r is None:
@@ -258,9 +269,11 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
             else:
                 block.cells[label][key] = Cell(r.cell, r.mean if r.n_seeds else math.nan)
     if has_scores:
-        _add_ci_and_p(block, rows, row_keys, scores, ref_label, n_boot, alpha, boot_seed)
+        _add_range(block, rows, lookup)
+        _add_ci(block, rows, per_row, n_boot, alpha, boot_seed)
+        _add_raw_p(block, rows, per_row, ref_label, n_boot, boot_seed)
     for key, _h in cols:
-        if key in ("ci", "p"):
+        if key in COMPUTED:
             continue
         vals = {lab: c[key].value for lab, c in block.cells.items() if np.isfinite(c[key].value)}
         if len(vals) >= 2:
@@ -271,57 +284,88 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
     return block
 
 
-def _add_ci_and_p(block: Block, rows, row_keys, scores, ref_label, n_boot, alpha, boot_seed) -> None:
-    keys = [k for k, _ in block.columns]
-    per_row = {lab: scores_of(scores, block.dataset, block.setting, *row_keys[lab]) for lab in rows}
+def _ci_header(alpha: float, images_only: bool) -> str:
+    return f"AUC {round(100 * (1 - alpha))}% CI" + (" (images only)" if images_only else "")
+
+
+def _missing_text(block: Block, lab: str) -> str:
+    auc_text = block.cells[lab]["auc"].text if "auc" in block.cells[lab] else MISSING
+    return FAILED if auc_text == FAILED else MISSING
+
+
+def _add_range(block: Block, rows, lookup) -> None:
+    """``min–max`` of the AUC over the seeds that finished (the spread the ± in the AUC cell summarises)."""
+    for lab in rows:
+        r = lookup.get((lab, "auc"))
+        if r is None or r.n_seeds == 0:
+            text = _missing_text(block, lab)
+        else:
+            text = f"{_fmt(r.min)}–{_fmt(r.max)}" if r.n_seeds > 1 else "1 seed"
+        block.cells[lab]["range"] = Cell(text)
+
+
+def _seed_arrays(frame: pd.DataFrame, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(labels, scores, groups) of one seed in image-id order; groups as :func:`level_arrays` gives them."""
+    _, y, s, groups = level_arrays(frame.sort_values("id", kind="stable"), level)
+    return y, s, groups
+
+
+def _add_ci(block: Block, rows, per_row, n_boot, alpha, boot_seed) -> None:
+    """Hierarchical bootstrap CI of the row's seed-mean AUC (seeds, then each seed's image clusters)."""
     for lab in rows:
         seeds = per_row[lab]
-        if "ci" not in keys:
-            continue
         if not seeds:
-            auc_text = block.cells[lab]["auc"].text if "auc" in block.cells[lab] else MISSING
-            block.cells[lab]["ci"] = Cell(FAILED if auc_text == FAILED else MISSING)
+            block.cells[lab]["ci"] = Cell(_missing_text(block, lab))
             continue
-        ys, ss, gs = [], [], []
-        for seed in sorted(seeds):
-            _, y, s, groups = level_arrays(seeds[seed].sort_values("id", kind="stable"), block.level)
-            ys.append(y)
-            ss.append(s)
-            gs.append(groups)
+        ys, ss, gs = zip(*(_seed_arrays(seeds[seed], block.level) for seed in sorted(seeds)))
         try:
-            _, lo, hi = bootstrap_mean_auc_ci(ys, ss, n_boot=n_boot, alpha=alpha, seed=boot_seed, groups_list=gs)
+            _, lo, hi = bootstrap_mean_auc_ci(list(ys), list(ss), n_boot=n_boot, alpha=alpha, seed=boot_seed,
+                                              groups_list=list(gs))
             text = f"[{_fmt(lo)}, {_fmt(hi)}]"
         except ValueError:
             text = MISSING
         block.cells[lab]["ci"] = Cell(text)
-    if "p" not in keys:
+
+
+def _paired_arrays(fa: pd.DataFrame, fb: pd.DataFrame, level: str):
+    """(labels, scores a, scores b, groups) on the images both frames scored, in key order."""
+    ka, ya, sa, ga = level_arrays(fa, level)
+    kb, _yb, sb, _ = level_arrays(fb, level)
+    a = pd.DataFrame({"k": ka, "y": ya, "a": sa, "g": ga if ga is not None else ka}).drop_duplicates("k")
+    m = a.merge(pd.DataFrame({"k": kb, "b": sb}).drop_duplicates("k"), on="k", how="inner").sort_values(
+        "k", kind="stable")
+    return m["y"].to_numpy(), m["a"].to_numpy(), m["b"].to_numpy(), m["g"].to_numpy() if ga is not None else None
+
+
+def _add_raw_p(block: Block, rows, per_row, ref_label, n_boot, boot_seed) -> None:
+    """Unadjusted p of each row vs the reference: paired hierarchical bootstrap over all their common seeds."""
+    if "p" not in (k for k, _ in block.columns):
         return
     ref_seeds = per_row.get(ref_label, {})
-    raw = {}
     for lab in rows:
         if lab == ref_label:
             continue
         common = sorted(set(per_row[lab]) & set(ref_seeds))
+        block.p_raw[lab] = math.nan
         if not common:
-            raw[lab] = math.nan
             continue
-        seed = common[0]
-        ka, ya, sa, _ = level_arrays(per_row[lab][seed], block.level)
-        kb, _yb, sb, _ = level_arrays(ref_seeds[seed], block.level)
-        a = pd.DataFrame({"k": ka, "y": ya, "a": sa}).drop_duplicates("k")
-        b = pd.DataFrame({"k": kb, "b": sb}).drop_duplicates("k")
-        m = a.merge(b, on="k", how="inner")
+        parts = [_paired_arrays(per_row[lab][seed], ref_seeds[seed], block.level) for seed in common]
+        ys, sa, sb, gs = (list(x) for x in zip(*parts))
         try:
-            raw[lab] = delong_test(m["y"].to_numpy(), m["a"].to_numpy(), m["b"].to_numpy())[3]
+            block.p_raw[lab] = paired_mean_auc_test(ys, sa, sb, n_boot=n_boot, seed=boot_seed, groups_list=gs)[1]
         except ValueError:
-            raw[lab] = math.nan
-    labs = list(raw)
-    adj = dict(zip(labs, holm([raw[lab] for lab in labs]))) if labs else {}
-    for lab in rows:
-        if lab == ref_label:
-            block.cells[lab]["p"] = Cell("ref")
-        else:
-            block.cells[lab]["p"] = Cell(_fmt_p(adj.get(lab, math.nan)))
+            pass
+
+
+def _holm_over_table(blocks: list[Block], ref_label: str | None) -> None:
+    """Holm over every p of the main table (all blocks together), then the p cells."""
+    family = [(b, lab) for b in blocks for lab in b.p_raw]
+    adj = holm([b.p_raw[lab] for b, lab in family]) if family else []
+    for (b, lab), p in zip(family, adj):
+        b.cells[lab]["p"] = Cell(_fmt_p(p))
+    for b in blocks:
+        if "p" in (k for k, _ in b.columns) and ref_label in b.cells:
+            b.cells[ref_label]["p"] = Cell("ref")
 
 
 def _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full) -> list[str]:
@@ -336,15 +380,32 @@ def _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full) -> list[str]:
     if (full["n_failed"] > 0).any() if len(full) else False:
         notes.append(f"'{FAILED}': no seed finished. {DAGGER}: some seeds failed; mean over the seeds that finished.")
     if any(k == "ci" for b in blocks for k, _ in b.columns):
-        notes.append(f"AUC {round(100 * (1 - alpha))}% CI: of the seed-averaged AUC, by stratified percentile "
-                     f"bootstrap of the test images ({n_boot} resamples; positives and negatives resampled "
-                     "separately, whole subjects where a subject has several images; the same resampled images "
-                     "for every seed). It shows test-set sampling uncertainty; ± shows seed-to-seed variation.")
+        notes.append(_ci_note(n_boot, alpha))
     if ref_label is not None and any(k == "p" for b in blocks for k, _ in b.columns):
-        notes.append(f"p vs {ref_label}: two-sided DeLong test for correlated AUCs on the same images and seed "
-                     "(the first seed both finished), Holm-corrected over the rows of each dataset block. "
-                     "Image-level tests treat slices of one subject as independent; use the subject level there.")
+        notes.append(_p_note(ref_label, n_boot, sum(len(b.p_raw) for b in blocks)))
     return notes
+
+
+def _ci_note(n_boot: int, alpha: float) -> str:
+    pct = round(100 * (1 - alpha))
+    return (f"AUC {pct}% CI: of the seed-averaged AUC, by hierarchical percentile bootstrap ({n_boot} resamples): "
+            "each resample draws the finished seeds with replacement and, within each drawn seed, resamples that "
+            "seed's own test images (positives and negatives separately, whole subjects where a subject has several "
+            "images); the interval is of the mean AUC over the drawn seeds, so it covers seed-to-seed variation "
+            "(each seed trains on and tests on its own split) and test-set sampling. A row with one finished seed, "
+            "and a block headed '(images only)', resamples test images only. AUC range: min–max over seeds. "
+            "With 3 seeds the seed level is coarse: treat the interval as approximate.")
+
+
+def _p_note(ref_label: str, n_boot: int, n_tests: int) -> str:
+    return (f"p vs {ref_label}: paired hierarchical bootstrap ({n_boot} resamples) of the seed-mean AUC difference "
+            "(row − reference) over every seed both rows finished: the same seeds drawn with replacement for both "
+            "rows and, within a drawn seed, the same resampled test images (whole subjects where a subject has "
+            "several images) for both, on the images both scored. Two-sided p = 2 min(P(d < 0), P(d > 0)), each "
+            "tail counting half the replicates with d = 0 and with the +1 correction (1 + count) / (1 + resamples). "
+            f"Holm-corrected over all {n_tests} p-values of this table (every block together). With k seeds and "
+            "one seed showing no difference, p cannot fall much below k^-k (0.037 for 3 seeds). "
+            "DeLong's per-seed test is not reported.")
 
 
 def _paper_table(full: pd.DataFrame, rows: list[str], datasets: list[str]) -> pd.DataFrame:
