@@ -283,13 +283,13 @@ def test_paired_mean_auc_test_uses_every_seed():
         ys.append(y)
         b.append(base)
         a.append(base if seed == 0 else base + 3.0 * y)
-    diff, p = paired_mean_auc_test(ys, a, b, n_boot=2000, seed=0)
+    diff, p = paired_mean_auc_test(ys, a, b, n_boot=5000, seed=0)
     want = np.mean([roc_auc_score(y, sa) - roc_auc_score(y, sb) for y, sa, sb in zip(ys, a, b)])
     assert diff == pytest.approx(want) and diff > 0.2
-    assert p < 0.05
+    assert p < 0.05 and p == pytest.approx(1 / 27, abs=0.01)  # only replicates drawing seed 0 thrice give d = 0
     assert delong_test(ys[0], a[0], b[0])[3] == 1.0  # what the old first-seed p column printed
     assert paired_mean_auc_test(ys, b, b, n_boot=500, seed=0) == (0.0, 1.0)
-    _, p_flip = paired_mean_auc_test(ys, b, a, n_boot=2000, seed=0)
+    _, p_flip = paired_mean_auc_test(ys, b, a, n_boot=5000, seed=0)
     assert p_flip == pytest.approx(p)  # two-sided
 
 
