@@ -34,8 +34,8 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     ``run_dir/scores.csv``; ``threshold_rule`` (only used for that and the table note) to the run's
     ``experiment.yaml`` value, else ``"youden"``; pass it when the metrics were computed with another rule.
     Without scores there are no CI/p columns and no curves. Failed jobs (NaN scores or a failed ``job.json``)
-    show as ``failed``. ``reference_method`` (default ``medai_anomalypro``, when present) is the DeLong
-    reference. Returns {name: path} of the files written.
+    show as ``failed``. ``reference_method`` (default ``medai_anomalypro``, when present) is the reference of
+    the p column (a paired bootstrap over every common seed). Returns {name: path} of the files written.
     """
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
