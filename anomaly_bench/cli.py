@@ -152,14 +152,17 @@ def list_(what: str, plugins) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--html", is_flag=True, help="Also write one self-contained report.html.")
-@click.option("--threshold-rule", default="youden", type=click.Choice(["youden", "equal_error"]))
-def report(run_dir: str, html: bool, threshold_rule: str) -> None:
+@click.option("--threshold-rule", default=None, type=click.Choice(["holdout_healthy", "youden", "equal_error"]),
+              help="Threshold of precision/recall/specificity/F1 (default: the run's experiment.yaml).")
+@click.option("--selection", default=None, type=click.Choice(["last", "aucp"]),
+              help="Checkpoint rule of the main table (default: the run's experiment.yaml, else last).")
+def report(run_dir: str, html: bool, threshold_rule: str | None, selection: str | None) -> None:
     """Rebuild tables and figures of RUN_DIR from its saved scores."""
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.reporting.write import build_reports
 
     try:
-        build_reports(run_dir, threshold_rule, html=html)
+        build_reports(run_dir, threshold_rule, html=html, selection=selection)
         if html:
             click.echo(f"wrote {Path(run_dir) / 'report.html'}")
     except BenchError as exc:

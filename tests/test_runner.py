@@ -47,6 +47,18 @@ def test_run_writes_every_output_and_resumes(tmp_path):
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores[scores.method == "autoencoder"]["selection"]) == {"last", "aucp"}
     assert set(scores[scores.method == "pixel_knn"]["selection"]) == {"last"}
+    # label-free thresholds: the 0.95 quantile of the job's own held-out healthy scores, constant per job/selection
+    manifest = pd.read_csv(out / "splits/tiny_seed0.csv", dtype={"id": str})
+    assert (manifest["role"] == "holdout_healthy").sum() > 0
+    per_job = scores.groupby(["method", "selection"])["threshold"].nunique()
+    assert (per_job == 1).all() and scores["threshold"].notna().all()
+    # the bootstrap clusters are the split units (subjects of the phantom: 3 slices each)
+    test = scores[(scores.method == "pixel_knn") & (scores.setting == "inductive")]
+    assert test.groupby("subject")["cluster"].nunique().max() == 1 and test["cluster"].duplicated().any()
+    m = metrics[(metrics.method == "pixel_knn") & (metrics.setting == "inductive") & (metrics.level == "image")]
+    assert m.set_index("metric").at["threshold", "value"] == pytest.approx(test["threshold"].iloc[0])
+    assert {"oracle_threshold", "oracle_f1"} <= set(m["metric"])
+    assert "table_other_selection.md" in os.listdir(out) and "(AUCp)" not in table  # selection: last
     job = json.loads((out / "jobs/tiny/autoencoder/seed0/job.json").read_text())
     for key in ("fit_seconds", "score_seconds", "peak_rss_mb", "versions", "data_fingerprint", "profile", "device"):
         assert key in job, key

@@ -6,7 +6,9 @@ profile: ci                    # default method profile
 seeds: [0, 1, 2]
 settings: [inductive, transductive]
 device: auto
-threshold_rule: youden         # youden | equal_error
+threshold_rule: holdout_healthy   # holdout_healthy (label-free, default) | youden | equal_error (test-tuned)
+threshold_specificity: 0.95       # holdout_healthy: the held-out healthy score quantile used as threshold
+selection: last                # the checkpoint rule of the main table: last | aucp (the other: analysis table)
 datasets:
   - phantom                                  # a card name, a card path or a data path
   - {card: brain_tumor_mri, image_size: 64, split: {test_size: 400}}
@@ -31,8 +33,10 @@ from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import TRAIN_SET_CHOICES
 
 SETTINGS = ("inductive", "transductive")
-EXPERIMENT_KEYS = {"name", "profile", "seeds", "settings", "device", "threshold_rule", "datasets", "methods",
-                   "plugins", "n_maps", "data_root", "split", "selection"}
+EXPERIMENT_KEYS = {"name", "profile", "seeds", "settings", "device", "threshold_rule", "threshold_specificity",
+                   "datasets", "methods", "plugins", "n_maps", "data_root", "split", "selection"}
+THRESHOLD_RULE_CHOICES = ("holdout_healthy", "youden", "equal_error")
+SELECTION_CHOICES = ("last", "aucp")
 DATASET_KEYS = {"card", "label", "image_size", "split", "data_root", "on_bad_image", "limit_per_class"}
 METHOD_KEYS = {"name", "label", "profile", "params", "train_sets", "selection"}
 
@@ -75,7 +79,9 @@ class Experiment:
     seeds: list[int] = field(default_factory=lambda: [0])
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
     device: str = "auto"
-    threshold_rule: str = "youden"
+    threshold_rule: str = "holdout_healthy"
+    threshold_specificity: float = 0.95
+    selection: str = "last"
     datasets: list[DatasetSpec] = field(default_factory=list)
     methods: list[MethodSpec] = field(default_factory=list)
     plugins: list[str] = field(default_factory=list)
@@ -116,7 +122,7 @@ def _method_spec(m: Any, where: str) -> MethodSpec:
 def parse_experiment(data: dict[str, Any], where: str = "experiment") -> Experiment:
     check_keys(data, EXPERIMENT_KEYS, where)
     exp = Experiment()
-    for k in ("name", "profile", "device", "threshold_rule", "data_root"):
+    for k in ("name", "profile", "device", "threshold_rule", "data_root", "selection"):
         if k in data and data[k] is not None:
             if not isinstance(data[k], str):
                 raise ConfigError(f"{where}.{k} must be a string, got {data[k]!r}")
@@ -135,8 +141,17 @@ def parse_experiment(data: dict[str, Any], where: str = "experiment") -> Experim
         if not settings or bad:
             raise ConfigError(f"{where}.settings: {data['settings']!r}; allowed values: {list(SETTINGS)}")
         exp.settings = list(settings)
-    if exp.threshold_rule not in ("youden", "equal_error"):
-        raise ConfigError(f"{where}.threshold_rule: {exp.threshold_rule!r}; allowed: youden, equal_error")
+    if exp.threshold_rule not in THRESHOLD_RULE_CHOICES:
+        raise ConfigError(f"{where}.threshold_rule: {exp.threshold_rule!r}; allowed: "
+                          f"{', '.join(THRESHOLD_RULE_CHOICES)}")
+    if exp.selection not in SELECTION_CHOICES:
+        raise ConfigError(f"{where}.selection: {exp.selection!r}; allowed: {', '.join(SELECTION_CHOICES)} (the "
+                          "checkpoint rule of the main table, fixed before the run)")
+    if "threshold_specificity" in data:
+        q = data["threshold_specificity"]
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
+            raise ConfigError(f"{where}.threshold_specificity must be a number in (0, 1) (e.g. 0.95), got {q!r}")
+        exp.threshold_specificity = float(q)
     if "n_maps" in data:
         if not isinstance(data["n_maps"], int):
             raise ConfigError(f"{where}.n_maps must be an integer")

@@ -31,6 +31,8 @@ from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.records import ImageDataset
 
 ROLES = ("test", "healthy", "mixed", "holdout_healthy", "holdout_mixed", "unused")
+#: ``test_diseased_fraction: natural``: no forced class balance; every image no training role takes is tested.
+NATURAL = "natural"
 
 
 @dataclass
@@ -42,13 +44,16 @@ class SplitConfig:
     1,570 + 3,663); otherwise ``mixed_size`` and ``mixed_diseased_fraction`` do. With neither, A takes
     every diseased training image plus enough healthy ones for the requested fraction, never more than
     half of the healthy pool (the rest is B).
+    ``test_diseased_fraction: natural`` keeps the data's own prevalence: the ``test_size`` draw ignores the class
+    and every image left over once A, B and the hold-outs are drawn joins the test set (all remaining images; a
+    published test list is kept whole). The default, 0.5, balances the test set.
     ``seed`` fixes the split's own random draw; by default (null) each job seed draws its own split, so a
     seed's result varies with both the test images and the training. A fixed ``seed`` keeps one split for every
     job seed, so seeds then vary the training alone (the regression experiment's spread).
     """
 
     test_size: int | float = 0.2
-    test_diseased_fraction: float = 0.5
+    test_diseased_fraction: float | str = 0.5
     mixed_size: int | float | None = None
     mixed_diseased_fraction: float = 0.3
     mixed_diseased: int | None = None
@@ -69,6 +74,8 @@ class SplitConfig:
         cfg = cls(**d)
         for name in ("test_diseased_fraction", "mixed_diseased_fraction", "holdout_fraction"):
             v = getattr(cfg, name)
+            if name == "test_diseased_fraction" and v == NATURAL:
+                continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
         if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int)):
@@ -171,6 +178,7 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
     report: dict[str, Any] = {"seed": seed, "config": cfg.to_dict(), "n_units": n_units,
                               "units_with_healthy_and_diseased_images": n_mixed_label_units}
 
+    natural = cfg.test_diseased_fraction == NATURAL
     predefined = ds.roles if (cfg.use_predefined_roles and ds.roles is not None and any(ds.roles)) else None
     moved_to_test = 0
     if predefined is not None:
@@ -196,14 +204,18 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
         total_test = sum(sizes[u] for u in cand)
         fraction = isinstance(cfg.test_size, float) and cfg.test_size < 1
         want = None if fraction else _count(cfg.test_size, total_test)
-        if want is not None and want < total_test:
+        if want is not None and want < total_test and not natural:
             for u in cand:
                 role_of_unit[u] = "unused"
             _select_test(cand, ulabel, sizes, want, cfg.test_diseased_fraction, role_of_unit, shuffled)
     else:
         cand = [u for u in range(n_units) if role_of_unit[u] in ("", "train")]
         want = _count(cfg.test_size, sum(sizes[u] for u in cand))
-        _select_test(cand, ulabel, sizes, want or 0, cfg.test_diseased_fraction, role_of_unit, shuffled)
+        frac_d = cfg.test_diseased_fraction
+        if natural:  # the candidates' own prevalence
+            n_d = sum(sizes[u] for u in cand if ulabel[u] == 1)
+            frac_d = n_d / max(1, sum(sizes[u] for u in cand))
+        _select_test(cand, ulabel, sizes, want or 0, frac_d, role_of_unit, shuffled)
 
     # ---- sets A and B -----------------------------------------------------------------------
     pool = [u for u in range(n_units) if role_of_unit[u] in ("", "train")]
@@ -253,6 +265,8 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
             role_of_unit[u] = f"holdout_{role}"
     role_of_unit[role_of_unit == ""] = "unused"
     role_of_unit[role_of_unit == "train"] = "unused"
+    if natural and predefined is None:  # a published test list stays as published
+        role_of_unit[role_of_unit == "unused"] = "test"
 
     roles = role_of_unit[unit].astype(object)
     split = Split(roles=roles, units=unit, report=report)

@@ -14,6 +14,13 @@ What follows the authors' code and where we deviate
   - ``"youden"`` (our default) maximises Youden's J = TPR - FPR. Ties: the highest threshold wins (the first
     maximum in ``roc_curve`` order, i.e. the fewest images called anomalous).
   - a float: a fixed threshold.
+  - ``"holdout_healthy"`` (the runner's default, :data:`LABEL_FREE_RULE`): no test label is used. The job scores
+    the held-out healthy images (split role ``holdout_healthy``, never trained on) and puts the
+    ``threshold_specificity`` quantile of those scores (default 0.95) in the scores table's ``threshold`` column
+    (``subject_threshold`` for subject-mean scores); :func:`compute_metrics` reads it from there. The two rules
+    above pick the threshold on the evaluated (test) images themselves, so their precision / recall /
+    specificity / F1 are optimistic; whatever the rule, ``oracle_threshold`` and ``oracle_f1`` give Youden's
+    test-tuned figure, labelled as an oracle in the reports.
 
   In every case an image is called anomalous when ``score >= threshold``; this is the convention of
   ``roc_curve`` and of the official code (``meanp >= thmean``).
@@ -38,10 +45,14 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 THRESHOLD_RULES = ("youden", "equal_error")
+#: The label-free rule: the threshold comes with the scores (``threshold`` column), from held-out healthy images.
+LABEL_FREE_RULE = "holdout_healthy"
+#: Every rule an experiment may name.
+ALL_THRESHOLD_RULES = (LABEL_FREE_RULE, *THRESHOLD_RULES)
 
 #: Metrics returned by :func:`image_metrics`, in table order.
 IMAGE_METRICS = ("auc", "ap", "threshold", "precision", "recall", "specificity", "f1", "accuracy",
-                 "n_pos", "n_neg", "n_nonfinite")
+                 "oracle_threshold", "oracle_f1", "n_pos", "n_neg", "n_nonfinite")
 
 #: Columns of the long-form metrics table written by :func:`compute_metrics`.
 GROUP_COLUMNS = ("dataset", "setting", "method", "selection", "seed")
@@ -129,21 +140,33 @@ def image_metrics(labels: Any, scores: Any, threshold_rule: str | float = "youde
     out.update(n_pos=float(n_pos), n_neg=float(n_neg), n_nonfinite=float(n_bad))
     if n_bad:
         return out
-    thr = select_threshold(y, s, threshold_rule)
-    tp, fp, tn, fn = confusion_at(y, s, thr)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    out.update(
-        auc=float(roc_auc_score(y, s)),
-        ap=float(average_precision_score(y, s)),
-        threshold=thr,
-        precision=precision,
-        recall=recall,
-        specificity=_ratio(tn, tn + fp),
-        f1=_ratio(2 * precision * recall, precision + recall),
-        accuracy=(tp + tn) / len(y),
-    )
+    out.update(auc=float(roc_auc_score(y, s)), ap=float(average_precision_score(y, s)))
+    oracle = select_threshold(y, s, "youden")
+    out.update(oracle_threshold=oracle, oracle_f1=_at_threshold(y, s, oracle)["f1"])
+    thr = select_threshold(y, s, threshold_rule) if isinstance(threshold_rule, str) else float(threshold_rule)
+    if math.isfinite(thr):
+        out.update(threshold=thr, **_at_threshold(y, s, thr))
     return out
+
+
+def _at_threshold(y: np.ndarray, s: np.ndarray, thr: float) -> dict[str, float]:
+    tp, fp, tn, fn = confusion_at(y, s, thr)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {"precision": precision, "recall": recall, "specificity": _ratio(tn, tn + fp),
+            "f1": _ratio(2 * precision * recall, precision + recall), "accuracy": (tp + tn) / len(y)}
+
+
+def label_free_threshold(healthy_scores: Any, specificity: float = 0.95) -> float:
+    """The ``holdout_healthy`` threshold: the ``specificity`` quantile of held-out healthy scores (numpy's
+    ``higher`` method, an observed score), so that about that fraction of held-out healthy images score below
+    it (``score >= threshold`` = anomalous). NaN without finite scores. Uses no test image and no label."""
+    h = np.asarray(healthy_scores, dtype=np.float64).reshape(-1)
+    h = h[np.isfinite(h)]
+    if not 0.0 < specificity < 1.0:
+        raise ValueError(f"threshold_specificity must be in (0, 1), got {specificity!r}")
+    if len(h) == 0:
+        return math.nan
+    return float(np.quantile(h, specificity, method="higher"))
 
 
 def subject_scores(subjects: Any, labels: Any, scores: Any) -> pd.DataFrame:
@@ -265,10 +288,23 @@ def _failed_metrics(g: pd.DataFrame, subjects: np.ndarray | None) -> dict[str, f
     return out
 
 
+def _group_rule(g: pd.DataFrame, threshold_rule: str | float, level: str) -> str | float:
+    """The threshold rule for one job's scores: ``holdout_healthy`` becomes the job's own label-free threshold
+    (its ``threshold`` / ``subject_threshold`` column; NaN when the job has none, e.g. no healthy hold-out)."""
+    if threshold_rule != LABEL_FREE_RULE:
+        return threshold_rule
+    col = "subject_threshold" if level == "subject" else "threshold"
+    if col not in g.columns:
+        return math.nan
+    vals = pd.to_numeric(g[col], errors="coerce").dropna().unique()
+    return float(vals[0]) if len(vals) == 1 else math.nan
+
+
 def compute_metrics(scores_df: pd.DataFrame, threshold_rule: str | float = "youden") -> pd.DataFrame:
     """Long-form metrics of a long-form scores table (one row per scored image).
 
-    Input columns: ``dataset, setting, method, selection, seed, id, subject, label, score``. Output columns:
+    Input columns: ``dataset, setting, method, selection, seed, id, subject, label, score`` (plus ``threshold``
+    and ``subject_threshold`` for the ``holdout_healthy`` rule). Output columns:
     ``dataset, setting, method, selection, seed, level, metric, value`` with ``level`` ``image`` and, for a
     dataset/setting where some subject owns several images, ``subject``. A job whose scores are NaN yields NaN
     values (and ``n_nonfinite`` > 0), never an exception, also for the runner's placeholder row of a failed job
@@ -288,11 +324,12 @@ def compute_metrics(scores_df: pd.DataFrame, threshold_rule: str | float = "youd
                 if not np.isfinite(g["score"].to_numpy(dtype=np.float64)).any():
                     rows.extend((*gkey, level, name, val) for name, val in _failed_metrics(g, subj).items())
                     continue
+                rule = _group_rule(g, threshold_rule, level)
                 try:
                     if subj is None:
-                        res = image_metrics(g["label"].to_numpy(), g["score"].to_numpy(), threshold_rule)
+                        res = image_metrics(g["label"].to_numpy(), g["score"].to_numpy(), rule)
                     else:
-                        res = subject_metrics(subj, g["label"].to_numpy(), g["score"].to_numpy(), threshold_rule)
+                        res = subject_metrics(subj, g["label"].to_numpy(), g["score"].to_numpy(), rule)
                 except ValueError as exc:
                     raise ValueError(f"{where}, level={level}: {exc}") from None
                 rows.extend((*gkey, level, name, float(val)) for name, val in res.items())

@@ -25,7 +25,7 @@ from anomaly_bench.core.interface import FitContext, resolve_device
 from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split
-from anomaly_bench.evaluation.metrics import pixel_metrics
+from anomaly_bench.evaluation.metrics import label_free_threshold, pixel_metrics
 from anomaly_bench.harness.jobs import Job, build_train_sets
 from anomaly_bench.harness.selection import select_checkpoint
 from anomaly_bench.harness.versions import versions
@@ -140,6 +140,7 @@ class JobRunner:
 
     def _score_settings(self, model, ds: ImageDataset, split: Split, job: Job, selection: str):
         frames, test_result = [], None
+        thr = self._label_free_thresholds(model, ds, split)
         for setting in self.exp.settings:
             idx = split.indices(SETTING_ROLE[setting])
             if len(idx) == 0:
@@ -150,8 +151,20 @@ class JobRunner:
             frames.append(pd.DataFrame({
                 "dataset": job.dataset, "setting": setting, "method": job.method.key, "selection": selection,
                 "seed": job.seed, "id": [ds.ids[i] for i in idx], "subject": [ds.subject_ids[i] for i in idx],
-                "label": ds.labels[idx], "score": res.scores}))
+                "cluster": [f"u{split.units[i]}" for i in idx], "label": ds.labels[idx], "score": res.scores,
+                **thr}))
         return frames, test_result
+
+    def _label_free_thresholds(self, model, ds: ImageDataset, split: Split) -> dict[str, float]:
+        """The ``holdout_healthy`` thresholds (image and subject-mean scores) from the held-out healthy images
+        alone: no test image, no label (:func:`anomaly_bench.evaluation.metrics.label_free_threshold`)."""
+        idx = split.indices("holdout_healthy")
+        if len(idx) == 0:
+            return {"threshold": np.nan, "subject_threshold": np.nan}
+        h = np.asarray(model.score(ds.images[torch.as_tensor(idx)]).scores, dtype=np.float64)
+        q = self.exp.threshold_specificity
+        subj = pd.Series(h).groupby(np.asarray([ds.subject_ids[i] for i in idx], dtype=object)).mean()
+        return {"threshold": label_free_threshold(h, q), "subject_threshold": label_free_threshold(subj, q)}
 
     def _select(self, model, ds, split, job: Job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
         hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")

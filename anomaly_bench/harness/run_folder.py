@@ -10,7 +10,7 @@ Layout::
     <out>/jobs/<dataset>/<method>/seed<k>/          one job (:class:`JobFolder`)
         job.json                      status, params, profile, timings, memory, versions, fingerprint
         model.pt                      the fitted method (last iteration)
-        scores_<setting>.csv          id, subject, label, score (per selection)
+        scores_<setting>.csv          id, subject, cluster, label, score, threshold, subject_threshold
         selection.csv                 per checkpoint: AUCp (and the oracle test AUC, for analysis only)
         maps.npz                      a few test images, their reconstructions and anomaly maps
         work/                         checkpoints/, resume.pt, losses.csv (written by ``FitContext``)
@@ -50,7 +50,7 @@ def read_scores_csv(path: str | Path) -> pd.DataFrame:
     """A scores file with ids and subjects kept as text (leading zeros matter)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pd.errors.DtypeWarning)
-        return pd.read_csv(path, dtype={"id": str, "subject": str})
+        return pd.read_csv(path, dtype={"id": str, "subject": str, "cluster": str})
 
 
 class JobFolder:

@@ -125,7 +125,7 @@ class Runner(JobRunner):
 
     # ------------------------------------------------------------------------------------------
     def report(self) -> None:
-        build_reports(self.out, self.exp.threshold_rule)
+        build_reports(self.out, self.exp.threshold_rule, selection=self.exp.selection)
 
 
 def _short_dup(rep: dict | None) -> dict | None:

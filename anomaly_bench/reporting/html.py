@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_bench.harness.run_folder import RunFolder
-from anomaly_bench.reporting.inputs import read_jobs, rule_from_experiment
+from anomaly_bench.reporting.inputs import read_jobs, rule_from_experiment, split_by_selection
 from anomaly_bench.reporting.notes import data_note_summary, data_notes
 from anomaly_bench.reporting.tables import (
     DEFAULT_REFERENCE,
@@ -159,8 +159,10 @@ def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_bo
         metrics = folder.read_metrics()
         scores = folder.read_scores() if folder.scores_path.is_file() else None
         rule = threshold_rule or rule_from_experiment(run_dir)
+        selection = rule_from_experiment(run_dir, "selection") or "last"
+        metrics, scores, _, _ = split_by_selection(metrics, scores, selection)
         tables = build_tables(metrics, scores, jobs=jobs, reference_method=reference_method, n_boot=n_boot,
-                              threshold_rule=rule)
+                              threshold_rule=rule, reference_selection=selection, selection_rule=selection)
     figs = folder.figures()
     body = [f"<h1>anomaly-bench report: {_esc(run_dir.name)}</h1>",
             "<h2>Results</h2>", _tables_html(tables),

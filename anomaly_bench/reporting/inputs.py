@@ -16,7 +16,7 @@ from anomaly_bench.evaluation.metrics import METRICS_COLUMNS, subject_scores
 from anomaly_bench.harness.run_folder import RunFolder, read_scores_csv
 
 __all__ = ["normalise_metrics", "normalise_scores", "ordered_unique", "read_jobs", "read_scores_csv",
-           "rule_from_experiment", "scores_of", "level_arrays"]
+           "rule_from_experiment", "scores_of", "level_arrays", "split_by_selection"]
 
 
 def normalise_metrics(metrics_df: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +50,8 @@ def normalise_scores(scores_df: pd.DataFrame | None) -> pd.DataFrame | None:
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").fillna(0).astype(int)
     for col in ("dataset", "setting", "method", "selection", "id", "subject"):
         df[col] = df[col].astype(str)
+    if "cluster" in df.columns:
+        df["cluster"] = df["cluster"].where(df["cluster"].notna(), df["subject"]).astype(str)
     return df
 
 
@@ -63,11 +65,32 @@ def read_jobs(run_dir: str | Path) -> list[dict[str, Any]]:
     return RunFolder(run_dir).read_jobs()
 
 
-def rule_from_experiment(run_dir: str | Path) -> str | None:
-    """The run's ``threshold_rule`` from its ``experiment.yaml`` (None without one)."""
+def rule_from_experiment(run_dir: str | Path, key: str = "threshold_rule") -> str | None:
+    """The run's ``threshold_rule`` (or another ``key``, e.g. ``selection``) from its ``experiment.yaml`` (None
+    without one)."""
     data = RunFolder(run_dir).read_experiment()
-    rule = data.get("threshold_rule") if data is not None else None
+    rule = data.get(key) if data is not None else None
     return str(rule) if rule is not None else None
+
+
+def split_by_selection(metrics: pd.DataFrame, scores: pd.DataFrame | None, rule: str
+                       ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame, pd.DataFrame | None]:
+    """(main metrics, main scores, other metrics, other scores): the main table holds each method's rows under the
+    experiment's checkpoint rule ``rule`` (``last`` or ``aucp``), or its ``last`` rows when the method has no such
+    rows (it saves no checkpoints: its only model); every other row goes to the analysis table."""
+    main_keys = set()
+    for method, g in metrics.groupby("method", sort=False):
+        sels = set(g["selection"].astype(str))
+        main_keys.add((method, rule if rule in sels else "last"))
+
+    def is_main(df: pd.DataFrame) -> pd.Series:
+        return pd.Series([(m, str(s)) in main_keys for m, s in zip(df["method"], df["selection"])], index=df.index,
+                         dtype=bool)
+
+    mm = is_main(metrics)
+    sm = is_main(scores) if scores is not None else None
+    return (metrics[mm], scores[sm] if scores is not None else None,
+            metrics[~mm], scores[~sm] if scores is not None else None)
 
 
 def scores_of(scores: pd.DataFrame | None, dataset: str, setting: str, method: str, selection: str
@@ -80,7 +103,7 @@ def scores_of(scores: pd.DataFrame | None, dataset: str, setting: str, method: s
     out = {}
     for seed, gs in g.groupby("seed", sort=True):
         if len(gs) and np.all(np.isfinite(gs["score"].to_numpy())) and gs["label"].isin([0, 1]).all():
-            out[int(seed)] = gs[["id", "subject", "label", "score"]]
+            out[int(seed)] = gs[[c for c in ("id", "subject", "cluster", "label", "score") if c in gs.columns]]
     return out
 
 
@@ -89,6 +112,7 @@ def level_arrays(frame: pd.DataFrame, level: str) -> tuple[np.ndarray, np.ndarra
     if level == "subject":
         agg = subject_scores(frame["subject"].to_numpy(), frame["label"].to_numpy(), frame["score"].to_numpy())
         return agg["subject"].to_numpy(), agg["label"].to_numpy(), agg["score"].to_numpy(), None
-    groups = frame["subject"].to_numpy()
+    col = "cluster" if "cluster" in frame.columns and frame["cluster"].notna().all() else "subject"
+    groups = frame[col].to_numpy()
     multi = pd.Series(groups).duplicated().any()
     return frame["id"].to_numpy(), frame["label"].to_numpy(), frame["score"].to_numpy(), groups if multi else None

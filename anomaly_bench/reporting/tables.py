@@ -46,6 +46,7 @@ from anomaly_bench.reporting.summary import (  # noqa: F401  (re-exported: the r
     row_label,
     summarise,
 )
+from anomaly_bench.reporting.table_notes import NOT_ON_A, table_notes
 
 DEFAULT_REFERENCE = "medai_anomalypro"
 
@@ -114,14 +115,16 @@ def primary_setting(settings: list[str]) -> str:
 def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None, *, jobs: list[dict] | None = None,
                  reference_method: str | None = DEFAULT_REFERENCE, reference_selection: str = "last",
                  n_boot: int = 1000, alpha: float = 0.05, boot_seed: int = 0,
-                 threshold_rule: str | float | None = None) -> Tables:
-    """All table content of a run (no files written); see the module docstring for the conventions."""
+                 threshold_rule: str | float | None = None, selection_rule: str | None = None) -> Tables:
+    """All table content of a run (no files written); see the module docstring for the conventions.
+    ``selection_rule``: the checkpoint rule these rows were restricted to (stated in the notes), or None."""
     metrics = normalise_metrics(metrics_df)
     if jobs:
         metrics = add_failed_jobs(metrics, jobs)
     scores = normalise_scores(scores_df)
     full = summarise(metrics)
     failed_methods = {(str(j.get("dataset")), str(j.get("method"))) for j in (jobs or []) if j.get("status") != "done"}
+    not_on_a = {(str(j.get("dataset")), str(j.get("method"))) for j in (jobs or []) if j.get("train_sets") == "healthy"}
 
     methods = ordered_unique(metrics["method"])
     sel_order = {s: i for i, s in enumerate(["last", "aucp"])}
@@ -148,11 +151,15 @@ def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None
             levels = sorted(ordered_unique(mds.loc[mds["setting"] == setting, "level"]),
                             key=lambda lv: (LEVEL_ORDER.get(lv, 9), lv))
             for level in levels:
-                blocks.append(_build_block(ds, setting, level, len(settings) > 1, full, rows, row_keys, scores,
-                                           failed_methods, ref_label, n_boot, alpha, boot_seed))
+                block = _build_block(ds, setting, level, len(settings) > 1, full, rows, row_keys, scores,
+                                     failed_methods, ref_label, n_boot, alpha, boot_seed)
+                if setting == "transductive":
+                    _mark_not_on_a(block, row_keys, not_on_a)
+                blocks.append(block)
     _holm_over_table(blocks, ref_label)
 
-    notes = _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full)
+    marked = any(NOT_ON_A in c.text for b in blocks for cells in b.cells.values() for c in cells.values())
+    notes = table_notes(blocks, ref_label, n_boot, alpha, threshold_rule, full, selection_rule, marked)
     paper = _paper_table(full, rows, datasets)
     return Tables(blocks=blocks, rows=rows, notes=notes, paper=paper, full=full, reference=ref_label,
                   row_keys=row_keys)
@@ -194,16 +201,31 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
         _add_range(block, rows, lookup)
         _add_ci(block, rows, per_row, n_boot, alpha, boot_seed)
         _add_raw_p(block, rows, per_row, ref_label, n_boot, boot_seed)
-    for key, _h in cols:
+    _bold(block)
+    return block
+
+
+def _bold(block: Block) -> None:
+    """Bold the best mean (3 decimals, ties all bold) of each metric column when two or more rows have numbers."""
+    for key, _h in block.columns:
         if key in COMPUTED:
             continue
-        vals = {lab: c[key].value for lab, c in block.cells.items() if np.isfinite(c[key].value)}
-        if len(vals) >= 2:
-            best = max(round(v, 3) for v in vals.values())
-            for lab, v in vals.items():
-                if round(v, 3) == best:
-                    block.cells[lab][key].bold = True
-    return block
+        vals = {lab: c[key].value for lab, c in block.cells.items() if key in c and np.isfinite(c[key].value)}
+        best = max((round(v, 3) for v in vals.values()), default=None) if len(vals) >= 2 else None
+        for lab, c in block.cells.items():
+            if key in c:
+                c[key].bold = best is not None and lab in vals and round(vals[lab], 3) == best
+
+
+def _mark_not_on_a(block: Block, row_keys, not_on_a: set) -> None:
+    """Transductive cells of a method that never trained on set A: marked, and out of the bold contest."""
+    for lab, cells in block.cells.items():
+        if (block.dataset, row_keys[lab][0]) not in not_on_a:
+            continue
+        for key, c in cells.items():
+            if key not in COMPUTED and c.text not in (MISSING, FAILED):
+                cells[key] = Cell(f"{c.text} {NOT_ON_A}")
+    _bold(block)
 
 
 def _ci_header(alpha: float, images_only: bool) -> str:
@@ -288,46 +310,6 @@ def _holm_over_table(blocks: list[Block], ref_label: str | None) -> None:
     for b in blocks:
         if "p" in (k for k, _ in b.columns) and ref_label in b.cells:
             b.cells[ref_label]["p"] = Cell("ref")
-
-
-def _notes(blocks, ref_label, n_boot, alpha, threshold_rule, full) -> list[str]:
-    notes = ["Cells: mean ± sample standard deviation (ddof = 1) over seeds; one seed: the value alone. "
-             "Bold: best mean per column (higher is better)."]
-    if threshold_rule is not None:
-        rule = {"youden": "Youden's J (max TPR − FPR)",
-                "equal_error": "TPR ≈ 1 − FPR (the official HealthyGAN Find_Optimal_Cutoff)"}.get(
-            str(threshold_rule), f"fixed threshold {threshold_rule}")
-        notes.append(f"Precision, recall (sensitivity), specificity and F1 at the threshold chosen by {rule}, "
-                     "per seed, on the evaluated set; score ≥ threshold = anomalous.")
-    if (full["n_failed"] > 0).any() if len(full) else False:
-        notes.append(f"'{FAILED}': no seed finished. {DAGGER}: some seeds failed; mean over the seeds that finished.")
-    if any(k == "ci" for b in blocks for k, _ in b.columns):
-        notes.append(_ci_note(n_boot, alpha))
-    if ref_label is not None and any(k == "p" for b in blocks for k, _ in b.columns):
-        notes.append(_p_note(ref_label, n_boot, sum(len(b.p_raw) for b in blocks)))
-    return notes
-
-
-def _ci_note(n_boot: int, alpha: float) -> str:
-    pct = round(100 * (1 - alpha))
-    return (f"AUC {pct}% CI: of the seed-averaged AUC, by hierarchical percentile bootstrap ({n_boot} resamples): "
-            "each resample draws the finished seeds with replacement and, within each drawn seed, resamples that "
-            "seed's own test images (positives and negatives separately, whole subjects where a subject has several "
-            "images); the interval is of the mean AUC over the drawn seeds, so it covers seed-to-seed variation "
-            "(each seed trains on and tests on its own split) and test-set sampling. A row with one finished seed, "
-            "and a block headed '(images only)', resamples test images only. AUC range: min–max over seeds. "
-            "With 3 seeds the seed level is coarse: treat the interval as approximate.")
-
-
-def _p_note(ref_label: str, n_boot: int, n_tests: int) -> str:
-    return (f"p vs {ref_label}: paired hierarchical bootstrap ({n_boot} resamples) of the seed-mean AUC difference "
-            "(row − reference) over every seed both rows finished: the same seeds drawn with replacement for both "
-            "rows and, within a drawn seed, the same resampled test images (whole subjects where a subject has "
-            "several images) for both, on the images both scored. Two-sided p = 2 min(P(d < 0), P(d > 0)), each "
-            "tail counting half the replicates with d = 0 and with the +1 correction (1 + count) / (1 + resamples). "
-            f"Holm-corrected over all {n_tests} p-values of this table (every block together). With k seeds and "
-            "one seed showing no difference, p cannot fall much below k^-k (0.037 for 3 seeds). "
-            "DeLong's per-seed test is not reported.")
 
 
 def _paper_table(full: pd.DataFrame, rows: list[str], datasets: list[str]) -> pd.DataFrame:
