@@ -15,9 +15,11 @@ Layout::
         maps.npz                      a few test images, their reconstructions and anomaly maps
         work/                         checkpoints/, resume.pt, losses.csv (written by ``FitContext``)
     <out>/scores.csv, metrics.csv, table.{md,tex}, table_paper.{md,tex,csv}, table_full.csv,
+          table_other_selection.md (the checkpoint rule the experiment did not choose; analysis only),
           roc_/pr_/scores_/maps_<dataset>[_<setting>].png, report.html, regression_comparison.csv
 
-Nothing else in the package builds or globs these paths; the on-disk format is unchanged from earlier versions.
+Nothing else in the package builds or globs these paths. Scores files of earlier versions (no ``cluster`` or
+``threshold`` column) still report: clusters fall back to subjects, label-free thresholded metrics to NaN.
 """
 
 from __future__ import annotations
