@@ -11,7 +11,7 @@ A *card* is a YAML mapping (``datasets/<name>.yaml``)::
     preprocessing: {crop_top: 0.0, pad: 0, square: crop}
     classes: {healthy: [notumor], diseased: [glioma, meningioma, pituitary]}
     split: {test_size: 0.2, use_predefined_roles: false}   # read by anomaly_bench.data.split
-    dedup: true                     # or {near: true, hamming: 0}
+    dedup: true                     # or {near: true, hamming: 0, corr: 0.99}
     # + the format's own keys (e.g. subject_regex, roles_from_dirs for class_folder)
 
 ``spec`` may be a card name (looked up in ``config_dirs("datasets")``), a path to a card YAML, or a raw data
@@ -32,6 +32,12 @@ merged in), plus ``_cache`` (bool). Optional loader attributes: ``card_keys`` (t
 when present, any other key is rejected) and ``default_preprocessing``. A loader may put ``file_sha256``
 (one hex digest per image) and ``skipped_images`` (``[(path, reason)]``) in ``ds.meta``; ``load_dataset``
 consumes the first for exact duplicate detection.
+
+``dedup`` (see :mod:`anomaly_bench.data.dedup` for the measurements behind the defaults): ``true`` (default for
+real data), ``false``, or a mapping with ``enabled``, ``near`` (pHash link, default true), ``hamming`` (pHash
+radius in bits, 0-16, default 0 = identical hashes) and ``corr`` (link images whose 32 px thumbnails have a
+Pearson correlation >= corr, a number in (0, 1], default 0.99; null turns it off). ``near: false`` without an
+explicit ``corr`` means exact copies only. Duplicate groups are the connected components over all links.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from anomaly_bench.core.config import check_keys, checkout_dir, config_dirs, rea
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.core.registry import DATASET_FORMATS
 from anomaly_bench.data import cache as cache_mod
-from anomaly_bench.data.dedup import DEFAULT_HAMMING, find_duplicates
+from anomaly_bench.data.dedup import DEFAULT_CORR, DEFAULT_HAMMING, find_duplicates
 from anomaly_bench.data.format_tools import HEALTHY_NAMES, guess_classes
 from anomaly_bench.data.image_io import NIFTI_EXTENSIONS, ON_BAD_IMAGE, Preprocessing
 from anomaly_bench.data.records import ImageDataset
@@ -63,7 +69,7 @@ COMMON_KEYS = {"name", "format", "description", "root", "download", "license", "
 #: Keys of the ``split`` section (consumed by ``anomaly_bench.data.split``).
 SPLIT_KEYS = {"test_size", "test_diseased_fraction", "mixed_size", "mixed_diseased_fraction", "mixed_diseased",
               "mixed_healthy", "healthy_size", "holdout_fraction", "use_predefined_roles", "manifest"}
-DEDUP_KEYS = {"enabled", "near", "hamming"}
+DEDUP_KEYS = {"enabled", "near", "hamming", "corr"}
 CLASSES_KEYS = {"healthy", "diseased"}
 
 
@@ -130,16 +136,23 @@ def check_image_size(size: Any, where: str) -> int:
 
 
 def dedup_settings(card: dict[str, Any], where: str = "card") -> dict[str, Any]:
-    """``{"enabled", "near", "hamming"}`` from the card's ``dedup`` (default: on, except for the phantom)."""
+    """``{"enabled", "near", "hamming", "corr"}`` from the card's ``dedup`` (default: on, except for the
+    phantom). ``near: false`` without an explicit ``corr`` turns the correlation link off too (exact only)."""
     raw = card.get("dedup", card.get("format") != "phantom")
-    out = {"enabled": True, "near": True, "hamming": DEFAULT_HAMMING}
+    out = {"enabled": True, "near": True, "hamming": DEFAULT_HAMMING, "corr": DEFAULT_CORR}
     if isinstance(raw, bool):
         out["enabled"] = raw
     elif isinstance(raw, dict):
         check_keys(raw, DEDUP_KEYS, f"{where}: dedup")
         out.update(raw)
+        if not out["near"] and "corr" not in raw:
+            out["corr"] = None
         if not isinstance(out["hamming"], int) or not 0 <= out["hamming"] <= 16:
             raise ConfigError(f"{where}: dedup.hamming must be an integer in [0, 16], got {out['hamming']!r}")
+        c = out["corr"]
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1):
+            raise ConfigError(f"{where}: dedup.corr must be a number in (0, 1] (thumbnail correlation, e.g. "
+                              f"corr: 0.99) or null to turn the correlation link off, got {c!r}")
     else:
         raise ConfigError(f"{where}: dedup must be true, false or a mapping with keys {sorted(DEDUP_KEYS)}")
     return out
@@ -328,7 +341,8 @@ def cached_duplicates(ds: ImageDataset, file_sha: list[str] | None, settings: di
 
     def compute():
         groups, report = find_duplicates(ds.images, content_hashes=file_sha, ids=ds.ids, roles=ds.roles,
-                                         labels=ds.labels, near=settings["near"], hamming=settings["hamming"])
+                                         labels=ds.labels, near=settings["near"], hamming=settings["hamming"],
+                                         corr=settings["corr"])
         return {"groups": groups}, report
 
     arrays, report = cache_mod.cached(key, compute, enabled=cache)
