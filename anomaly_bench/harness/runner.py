@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from anomaly_bench.core.errors import DataError
 from anomaly_bench.core.experiment import DatasetSpec, Experiment
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
+from anomaly_bench.evaluation.confound import confound_record
 from anomaly_bench.harness.executors import check_executor, run_on_ray
 from anomaly_bench.harness.job_runner import JobRunner
 from anomaly_bench.harness.jobs import Job, PlannedJob, dataset_label, fmt_duration, load_dataset_for, split_config_for
@@ -80,6 +82,7 @@ class Runner(JobRunner):
             for seed in exp.seeds:
                 split = self._split(ds, name, split_cfg, seed)
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
+                info["datasets"][name].setdefault("confound", {})[str(seed)] = _confound(ds, split)
                 for mspec in exp.methods:
                     job = Job(name, seed, mspec, folder.job(name, mspec.key, seed).path)
                     planned.append(PlannedJob(job, spec, ds, split))
@@ -126,6 +129,13 @@ class Runner(JobRunner):
     # ------------------------------------------------------------------------------------------
     def report(self) -> None:
         build_reports(self.out, self.exp.threshold_rule, selection=self.exp.selection)
+
+
+def _confound(ds: ImageDataset, split: Split) -> dict[str, Any]:
+    """The test set's confound check (:mod:`anomaly_bench.evaluation.confound`): per label-free statistic its
+    AUC, and whether any is far from 0.5. No training; the transductive (mixed) set is not checked."""
+    idx = split.indices("test")
+    return confound_record(ds.images[torch.as_tensor(idx)], ds.labels[idx])
 
 
 def _short_dup(rep: dict | None) -> dict | None:

@@ -100,11 +100,15 @@ def _config_html(run_dir: Path) -> str:
 
 
 def _data_html(run_dir: Path) -> str:
-    """Per dataset: size, fingerprint, duplicate groups, and the images left out (on_bad_image: skip)."""
+    """Per dataset: size, fingerprint, duplicate groups, the confound check, and the images left out
+    (on_bad_image: skip)."""
     out = []
     for n in data_notes(run_dir):
         out.append(f"<p><b>{_esc(n['dataset'])}</b>: {_esc(n['n_images'])} images, fingerprint "
                    f"<code>{_esc(n['fingerprint'])}</code>; {_esc(data_note_summary(n))}</p>")
+        if n.get("confound"):
+            text, warning = n["confound"]
+            out.append(f"<p>{_esc(text)}</p>" + (f"<p><b>Warning</b>: {_esc(warning)}</p>" if warning else ""))
         if n["skipped"]:
             out.append(_table_html(["Left out", "Reason"], [[(p, False), (r, False)] for p, r in n["skipped"]]))
     return "\n".join(out)

@@ -1,17 +1,21 @@
-"""Data notes of a run (from ``run.json``): per dataset its size, fingerprint, duplicate groups and the images left
-out as unreadable; shown in ``table.md`` and ``report.html``."""
+"""Data notes of a run (from ``run.json``): per dataset its size, fingerprint, duplicate groups, the images left
+out as unreadable and the confound check (test AUC of label-free image statistics, with a warning when one
+separates the classes); shown in ``table.md`` and ``report.html``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from anomaly_bench.evaluation.confound import confound_line
 from anomaly_bench.harness.run_folder import RunFolder
 
 
 def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]]:
     """Per dataset of the run (from ``run.json``): size, fingerprint, duplicate groups found, and the images
-    left out as unreadable under ``on_bad_image: skip`` (``[(path, reason)]``). Empty without a run.json."""
+    left out as unreadable under ``on_bad_image: skip`` (``[(path, reason)]``), and ``confound``: (the test AUCs of
+    label-free statistics as text, the warning sentence or ``""``), None for runs that predate the check.
+    Empty without a run.json."""
     folder = RunFolder(run_dir)
     if not folder.run_info_path.is_file():
         return []
@@ -27,7 +31,7 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
                    for x in d.get("skipped_images") or []]
         notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
                       "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
-                      "skipped": skipped[:max_listed]})
+                      "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound"))})
     return notes
 
 
@@ -47,6 +51,11 @@ def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
     for n in notes:
         lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; "
                      f"{data_note_summary(n)}")
+        if n.get("confound"):
+            text, warning = n["confound"]
+            lines.append(f"  - {text}")
+            if warning:
+                lines.append(f"  - **warning**: {warning}")
         for path, reason in n["skipped"]:
             lines.append(f"  - left out: `{path}`: {reason}")
         if n["n_skipped"] > len(n["skipped"]):
