@@ -110,3 +110,17 @@ def test_bootstrap_clusters_come_from_the_cluster_column():
     assert list(groups) == ["u1", "u1", "u2", "u3"]
     _, _, _, groups = level_arrays(frame.drop(columns=["cluster"]), "image")
     assert groups is None  # one image per subject and no cluster column: plain image resampling
+
+
+def test_data_notes_state_the_test_prevalence():
+    from anomaly_bench.reporting.notes import split_line
+
+    def counts(th, td, unused):
+        return {"test": {"healthy": th, "diseased": td}, "healthy": {"healthy": 50, "diseased": 0},
+                "mixed": {"healthy": 20, "diseased": 10}, "holdout_healthy": {"healthy": 5, "diseased": 0},
+                "unused": {"healthy": 0, "diseased": unused}}
+    line = split_line({"0": counts(30, 30, 40), "1": counts(30, 30, 40)})
+    assert "prevalence 50%" in line and "unused 40" in line and "2 seed(s)" in line
+    line = split_line({"0": counts(30, 70, 0), "1": counts(30, 60, 10)})
+    assert "prevalence 67-70%" in line and "60-70 diseased" in line
+    assert split_line(None) is None and split_line({"0": {"test": {}}}) is None

@@ -31,8 +31,36 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
                    for x in d.get("skipped_images") or []]
         notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
                       "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
-                      "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound"))})
+                      "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound")),
+                      "split": split_line(d.get("splits"))})
     return notes
+
+
+def _range(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def split_line(splits: Any) -> str | None:
+    """The role sizes over the run's seeds (from run.json ``splits``: seed -> role -> class counts), with the test
+    prevalence, so a reader sees what AP, precision and F1 were computed on. None when the run has no record."""
+    if not isinstance(splits, dict) or not splits:
+        return None
+    try:
+        def counts(role: str, cls: str) -> list[int]:
+            return [int(c[role][cls]) for c in splits.values()]
+        th, td = counts("test", "healthy"), counts("test", "diseased")
+        prev = [d / (h + d) for h, d in zip(th, td) if h + d]
+        parts = [f"test {_range(th)} healthy + {_range(td)} diseased (prevalence "
+                 f"{100 * min(prev):.0f}{'' if max(prev) - min(prev) < 0.005 else f'-{100 * max(prev):.0f}'}%)",
+                 f"set A {_range(counts('mixed', 'healthy'))} healthy + {_range(counts('mixed', 'diseased'))} "
+                 f"diseased", f"set B {_range(counts('healthy', 'healthy'))}",
+                 f"held out for selection and thresholds {_range(counts('holdout_healthy', 'healthy'))} healthy",
+                 f"unused {_range([h + d for h, d in zip(counts('unused', 'healthy'), counts('unused', 'diseased'))])}"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (f"split per seed ({len(splits)} seed(s)): " + "; ".join(parts) + ". The test prevalence is set by "
+            "split.test_diseased_fraction (0.5 by default; `natural` tests every image no training role takes).")
 
 
 def data_note_summary(n: dict[str, Any]) -> str:
@@ -51,6 +79,8 @@ def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
     for n in notes:
         lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; "
                      f"{data_note_summary(n)}")
+        if n.get("split"):
+            lines.append(f"  - {n['split']}")
         if n.get("confound"):
             text, warning = n["confound"]
             lines.append(f"  - {text}")
