@@ -38,6 +38,9 @@ log = logging.getLogger("anomaly_bench")
 #: into ``healthy`` for one-class methods (the contaminated setting).
 TRAIN_SET_CHOICES = ("healthy", "mixed+healthy", "mixed_union")
 
+#: Integer parameters named so are sizes that must be >= 1 (``batch_size: 0`` would divide by zero mid-run).
+POSITIVE_SUFFIXES = ("batch_size",)
+
 #: Parameters every method accepts; the runner sets them.
 COMMON_PARAMS: dict[str, Any] = {"seed": 0, "device": "cpu"}
 
@@ -293,6 +296,8 @@ class AnomalyMethod(ABC):
                 raise ConfigError(
                     f"{where}: parameter '{k}' must be {type(schema[k]).__name__} "
                     f"(default {schema[k]!r}), got {v!r}")
+            if k.endswith(POSITIVE_SUFFIXES) and isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ConfigError(f"{where}: parameter '{k}' must be at least 1, got {v!r}")
             allowed = cls.choices.get(k)
             if allowed is not None and v not in allowed:
                 raise ConfigError(f"{where}: parameter '{k}'={v!r} is not one of {list(allowed)}")

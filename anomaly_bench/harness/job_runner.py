@@ -21,7 +21,7 @@ import torch
 from anomaly_bench.core.config import method_params
 from anomaly_bench.core.errors import BenchError, ConfigError
 from anomaly_bench.core.experiment import Experiment
-from anomaly_bench.core.interface import FitContext, resolve_device
+from anomaly_bench.core.interface import FitContext, ScoreResult, resolve_device
 from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split
@@ -44,6 +44,28 @@ def map_indices(ds: ImageDataset, test_idx: np.ndarray, k: int) -> np.ndarray:
     healthy = test_idx[lab == 0]
     kd = min(len(dis), (k + 1) // 2)
     return np.concatenate([dis[:kd], healthy[: k - kd]])
+
+
+def check_result(res: Any, hw: tuple, n: int, method: str, what: str) -> None:
+    """A method's :class:`ScoreResult` for ``n`` images (``what``: which ones) of size ``hw`` is usable: one finite
+    score per image, maps (if any) ``(n, H, W)``; else a :class:`BenchError` naming the method and the shapes
+    (the job fails: a diverged model's NaN scores must not be tabled as a result)."""
+    hw = tuple(hw[-2:])
+    if not isinstance(res, ScoreResult):
+        raise BenchError(f"method '{method}': score() returned {type(res).__name__}, not a ScoreResult ({what})")
+    if res.scores.shape != (n,):
+        raise BenchError(f"method '{method}': score() returned {res.scores.size} scores for {n} {what}")
+    bad = int((~np.isfinite(res.scores)).sum())
+    if bad:
+        raise BenchError(f"method '{method}' returned {bad} non-finite scores of {n} {what}: the model diverged "
+                         f"or its score is undefined; fix the method or its parameters")
+    if res.maps is not None and res.maps.shape != (n, *hw):
+        raise BenchError(f"method '{method}': anomaly maps of shape {res.maps.shape} for {n} {what} of "
+                         f"{hw[0]}x{hw[1]} pixels; expected {(n, *hw)} (one map per image, at its size)")
+    rec = res.reconstructions
+    if rec is not None and (rec.ndim != 3 or len(rec) != n):
+        raise BenchError(f"method '{method}': reconstructions of shape {rec.shape} for {n} {what}; "
+                         f"expected (n, H, W)")
 
 
 class JobRunner:
@@ -114,10 +136,12 @@ class JobRunner:
             meta["approximate"] = getattr(model, "approximate", None)
             if m.selection and ctx.selection_checkpoints:
                 frames += self._select(model, ds, split, job, ctx, meta)
-            for setting in exp.settings:
-                jf.write_scores(setting, pd.concat([f for f in frames if f["setting"].iloc[0] == setting]))
+            for setting in exp.settings:  # a setting with no images (empty set A: transductive) has no file
+                parts = [f for f in frames if f["setting"].iloc[0] == setting]
+                if parts:
+                    jf.write_scores(setting, pd.concat(parts))
             meta["status"] = "done"
-        except (BenchError, RuntimeError, ValueError, torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's KeyError or sys.exit fails its job, not the run
             if isinstance(exc, ConfigError):
                 raise
             error = f"{type(exc).__name__}: {exc}"
@@ -140,12 +164,14 @@ class JobRunner:
 
     def _score_settings(self, model, ds: ImageDataset, split: Split, job: Job, selection: str):
         frames, test_result = [], None
-        thr = self._label_free_thresholds(model, ds, split)
+        thr = self._label_free_thresholds(model, ds, split, job.method.key)
         for setting in self.exp.settings:
             idx = split.indices(SETTING_ROLE[setting])
             if len(idx) == 0:
                 continue
             res = model.score(ds.images[torch.as_tensor(idx)])
+            check_result(res, ds.images.shape, len(idx), job.method.key,
+                         f"{SETTING_ROLE[setting]}-set images ({setting} setting)")
             if setting == "inductive":
                 test_result = res
             frames.append(pd.DataFrame({
@@ -155,13 +181,15 @@ class JobRunner:
                 **thr}))
         return frames, test_result
 
-    def _label_free_thresholds(self, model, ds: ImageDataset, split: Split) -> dict[str, float]:
+    def _label_free_thresholds(self, model, ds: ImageDataset, split: Split, method: str) -> dict[str, float]:
         """The ``holdout_healthy`` thresholds (image and subject-mean scores) from the held-out healthy images
         alone: no test image, no label (:func:`anomaly_bench.evaluation.metrics.label_free_threshold`)."""
         idx = split.indices("holdout_healthy")
         if len(idx) == 0:
             return {"threshold": np.nan, "subject_threshold": np.nan}
-        h = np.asarray(model.score(ds.images[torch.as_tensor(idx)]).scores, dtype=np.float64)
+        res = model.score(ds.images[torch.as_tensor(idx)])
+        check_result(res, ds.images.shape, len(idx), method, "held-out healthy images (label-free threshold)")
+        h = np.asarray(res.scores, dtype=np.float64)
         q = self.exp.threshold_specificity
         subj = pd.Series(h).groupby(np.asarray([ds.subject_ids[i] for i in idx], dtype=object)).mean()
         return {"threshold": label_free_threshold(h, q), "subject_threshold": label_free_threshold(subj, q)}
@@ -186,6 +214,7 @@ class JobRunner:
         if len(idx) == 0:
             return
         res = model.score(ds.images[torch.as_tensor(idx)])
+        check_result(res, ds.images.shape, len(idx), job.method.key, "map-gallery test images")
         arrays = {"images": ds.images[torch.as_tensor(idx)][:, 0].numpy(), "labels": ds.labels[idx],
                   "ids": np.array([ds.ids[i] for i in idx]), "scores": res.scores}
         if res.maps is not None:
@@ -194,7 +223,7 @@ class JobRunner:
             arrays["reconstructions"] = res.reconstructions
         if ds.masks is not None:
             arrays["masks"] = ds.masks[idx]
-        np.savez_compressed(job.folder.maps_path, **arrays)
+        job.folder.write_maps(arrays)
 
     def _pixel_metrics(self, ds: ImageDataset, split: Split, res) -> dict | None:
         if res is None or res.maps is None or ds.masks is None:

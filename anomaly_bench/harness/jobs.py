@@ -78,7 +78,8 @@ def build_train_sets(ds: ImageDataset, split: Split, train_sets: str) -> TrainSe
         return TrainSets(healthy=b if a is None else torch.cat([b, a]))
     if a is None:
         raise DataError(f"dataset '{ds.name}': mixed set A is empty but the method trains on mixed+healthy; "
-                        f"set split.mixed_size / mixed_diseased_fraction")
+                        f"give A images with split.mixed_size / mixed_diseased_fraction (in the dataset card's or "
+                        f"the experiment's `split:`), or run the method with train_sets: healthy")
     return TrainSets(healthy=b, mixed=a)
 
 

@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -53,6 +54,26 @@ def read_scores_csv(path: str | Path) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pd.errors.DtypeWarning)
         return pd.read_csv(path, dtype={"id": str, "subject": str, "cluster": str})
+
+
+def atomic_write(path: Path, write) -> Path:
+    """``write(tmp)`` then rename onto ``path``: a run killed meanwhile leaves the old file (or none), never a
+    half-written one that a resumed run would read back."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False))
 
 
 class JobFolder:
@@ -126,7 +147,7 @@ class JobFolder:
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.meta_path.write_text(dump_json(meta))
+        write_text(self.meta_path, dump_json(meta))
 
     def is_done(self, fingerprint: str) -> bool:
         """True when ``job.json`` says done with this configuration fingerprint."""
@@ -134,14 +155,21 @@ class JobFolder:
         return meta is not None and meta.get("status") == "done" and meta.get("config_fingerprint") == fingerprint
 
     def write_scores(self, setting: str, frame: pd.DataFrame) -> None:
-        frame.to_csv(self.scores_path(setting), index=False)
+        write_csv(self.scores_path(setting), frame)
 
     def read_scores(self) -> list[pd.DataFrame]:
         """Every ``scores_<setting>.csv`` of the job, in file-name order."""
         return [read_scores_csv(f) for f in self.score_files()]
 
     def write_selection(self, table: pd.DataFrame) -> None:
-        table.to_csv(self.selection_path, index=False)
+        write_csv(self.selection_path, table)
+
+    def write_maps(self, arrays: dict[str, np.ndarray]) -> None:
+        def save(p: Path) -> None:
+            with open(p, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+        atomic_write(self.maps_path, save)
 
     def read_losses(self) -> pd.DataFrame | None:
         return pd.read_csv(self.losses_path) if self.losses_path.is_file() else None
@@ -151,7 +179,7 @@ class JobFolder:
         ``new``: a job run in a temporary folder and gathered back into the run folder."""
         for f in (self.meta_path, self.selection_path):
             if f.is_file():
-                f.write_text(f.read_text().replace(str(old), str(new)))
+                write_text(f, f.read_text().replace(str(old), str(new)))
 
 
 class RunFolder:
@@ -259,7 +287,7 @@ class RunFolder:
         return out
 
     def write_experiment(self, data: dict[str, Any]) -> None:
-        self.experiment_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        write_text(self.experiment_path, yaml.safe_dump(data, sort_keys=False))
 
     def read_experiment(self) -> dict[str, Any] | None:
         """``experiment.yaml`` as a mapping; None when absent or unreadable."""
@@ -272,7 +300,7 @@ class RunFolder:
         return data if isinstance(data, dict) else None
 
     def write_run_info(self, info: dict[str, Any]) -> None:
-        self.run_info_path.write_text(dump_json(info))
+        write_text(self.run_info_path, dump_json(info))
 
     def read_run_info(self) -> Any:
         """``run.json`` (raises ValueError when it is not JSON, OSError when absent)."""
@@ -280,29 +308,25 @@ class RunFolder:
 
     def write_duplicates(self, dataset: str, report: dict[str, Any]) -> None:
         self.splits_dir.mkdir(parents=True, exist_ok=True)
-        self.duplicates_path(dataset).write_text(dump_json(report))
+        write_text(self.duplicates_path(dataset), dump_json(report))
 
     def write_scores(self, frame: pd.DataFrame) -> None:
-        frame.to_csv(self.scores_path, index=False)
+        write_csv(self.scores_path, frame)
 
     def read_scores(self) -> pd.DataFrame:
         return read_scores_csv(self.scores_path)
 
     def write_metrics(self, frame: pd.DataFrame) -> None:
-        frame.to_csv(self.metrics_path, index=False)
+        write_csv(self.metrics_path, frame)
 
     def read_metrics(self) -> pd.DataFrame:
         return pd.read_csv(self.metrics_path)
 
     def write_text(self, name: str, text: str) -> Path:
-        p = self.file(name)
-        p.write_text(text, encoding="utf-8")
-        return p
+        return write_text(self.file(name), text)
 
     def write_csv(self, name: str, frame: pd.DataFrame) -> Path:
-        p = self.file(name)
-        frame.to_csv(p, index=False)
-        return p
+        return write_csv(self.file(name), frame)
 
     def lock(self) -> RunLock:
         return RunLock(self.path)

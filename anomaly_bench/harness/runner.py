@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
-from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.errors import BenchError, DataError
 from anomaly_bench.core.experiment import DatasetSpec, Experiment
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
@@ -60,6 +61,7 @@ class Runner(JobRunner):
     def _run(self) -> dict[str, Any]:
         exp, folder = self.exp, self.folder
         t_start = time.time()
+        self._check_same_experiment()
         folder.write_experiment(exp.to_dict())
         info: dict[str, Any] = {"versions": versions(), "device": str(self.device), "profile": exp.profile,
                                 "datasets": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -76,6 +78,7 @@ class Runner(JobRunner):
                 folder.write_duplicates(name, ds.meta["duplicates"])
             datasets.append((spec, ds))
         planned: list[PlannedJob] = []
+        empty_a: dict[str, list[int]] = {}  # dataset -> seeds whose mixed set A is empty
         for spec, ds in datasets:
             name = dataset_label(spec, ds)
             split_cfg = split_config_for(ds, spec, exp)
@@ -83,9 +86,19 @@ class Runner(JobRunner):
                 split = self._split(ds, name, split_cfg, seed)
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
                 info["datasets"][name].setdefault("confound", {})[str(seed)] = _confound(ds, split)
+                if "transductive" in exp.settings and len(split.indices("mixed")) == 0:
+                    empty_a.setdefault(name, []).append(seed)
                 for mspec in exp.methods:
                     job = Job(name, seed, mspec, folder.job(name, mspec.key, seed).path)
                     planned.append(PlannedJob(job, spec, ds, split))
+        for name, seeds in empty_a.items():
+            why = (f"transductive setting skipped for dataset '{name}' (seed(s) {', '.join(map(str, seeds))}): its "
+                   f"split leaves mixed set A empty (e.g. healthy-only training data, or split.mixed_size: 0). "
+                   f"Methods that train on healthy images still run (inductive setting); methods that need set A "
+                   f"fail. To score it, give A images: split.mixed_size / mixed_diseased_fraction in the card or "
+                   f"the experiment")
+            info["datasets"][name]["skipped_settings"] = {"transductive": why}
+            self.echo(f"note: {why}")
         if self.executor == "ray":
             failures = run_on_ray(self, folder, planned, info, data_root=self.data_root, address=self.ray_address,
                                   gather=self.ray_gather)
@@ -97,6 +110,22 @@ class Runner(JobRunner):
         folder.write_run_info(info)
         self.report()
         return info
+
+    def _check_same_experiment(self) -> None:
+        """Refuse an output folder that holds results (job records or run.json) of another experiment: writing
+        this one's experiment.yaml there would put the wrong configuration beside the old results."""
+        folder = self.folder
+        old = folder.read_experiment()
+        if old is None or not (folder.run_info_path.is_file() or folder.job_folders()):
+            return
+        new = yaml.safe_load(yaml.safe_dump(self.exp.to_dict(), sort_keys=False))
+        default = yaml.safe_load(yaml.safe_dump(Experiment().to_dict(), sort_keys=False))
+        changed = [k for k in {**old, **new} if old.get(k, default.get(k)) != new.get(k, default.get(k))]
+        if changed:
+            raise BenchError(f"--out {self.out}: this folder holds the results of another experiment (its "
+                             f"{folder.experiment_path.name} differs in: {', '.join(changed)}). Use a new --out, or "
+                             f"rerun the very same experiment to resume it; any difference is refused, adding "
+                             f"seeds, methods or datasets included (run those into a new --out)")
 
     def _run_local(self, planned: list[PlannedJob]) -> list[str]:
         n_jobs, done_times, failures = len(planned), [], []

@@ -203,26 +203,65 @@ def _scores_figure(dataset: str, setting: str, scores: pd.DataFrame, row_keys, p
 
 
 # ============================================================================================ gallery
+def maps_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why a job's ``maps.npz`` arrays cannot be drawn (maps not one finite (H, W) map per image, ids, labels or
+    scores of another length), or None when they can."""
+    images, maps = np.asarray(arrays["images"]), np.asarray(arrays["maps"])
+    if images.ndim != 3:
+        return f"images of shape {images.shape}, expected (n, H, W)"
+    if maps.shape != images.shape:
+        return f"maps of shape {maps.shape} for images of shape {images.shape}"
+    for key in ("reconstructions", "masks"):
+        if key in arrays and np.asarray(arrays[key]).shape != images.shape:
+            return f"{key} of shape {np.asarray(arrays[key]).shape} for images of shape {images.shape}"
+    for key in ("ids", "labels", "scores"):
+        if key in arrays and len(np.atleast_1d(arrays[key])) != len(images):
+            return f"{len(np.atleast_1d(arrays[key]))} {key} for {len(images)} images"
+    if not np.all(np.isfinite(maps)):
+        return f"{int((~np.isfinite(maps)).sum())} non-finite map values"
+    return None
+
+
 def load_maps(path: str | Path) -> dict[str, np.ndarray] | None:
-    """The arrays of one job's ``maps.npz`` (ids as text), or None when unreadable or without maps."""
+    """The arrays of one job's ``maps.npz`` (ids as text), or None when unreadable, without maps or inconsistent
+    (:func:`maps_problem`; logged with the path, which names the dataset, method and seed)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         log.warning("gallery: skipping %s (%s); save ids as a string array, not objects", path, exc)
         return None
     if "maps" not in arrays or "images" not in arrays:
         return None
+    problem = maps_problem(arrays)
+    if problem:
+        log.warning("gallery: skipping %s: %s", path, problem)
+        return None
     n = len(arrays["images"])
     arrays["ids"] = np.asarray(arrays.get("ids", np.arange(n))).astype(str)
     arrays["labels"] = np.asarray(arrays.get("labels", np.full(n, -1)))
-    if not np.all(np.isfinite(arrays["maps"])):
-        return None
     return arrays
 
 
+def gallery_problems(run_dir: str | Path) -> list[str]:
+    """``dataset/method/seed<k>: why`` for every job whose ``maps.npz`` the gallery leaves out (report notes)."""
+    out = []
+    for jf in RunFolder(run_dir).job_folders():
+        if not jf.maps_path.is_file():
+            continue
+        try:
+            with np.load(jf.maps_path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            problem = maps_problem(arrays) if {"maps", "images"} <= set(arrays) else None
+        except (OSError, ValueError, EOFError) as exc:
+            problem = f"unreadable ({exc})"
+        if problem:
+            out.append(f"{jf.path.parents[1].name}/{jf.path.parent.name}/{jf.path.name}: {problem}")
+    return out
+
+
 def _job_maps(run_dir: Path, dataset: str, methods: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    """method -> maps of its lowest seed with a readable maps.npz."""
+    """method -> maps of its lowest seed with a readable, consistent maps.npz."""
     out = {}
     for method in methods:
         for jf in RunFolder(run_dir).seed_folders(dataset, method):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_bench.harness.run_folder import RunFolder
+from anomaly_bench.reporting.figures import gallery_problems
 from anomaly_bench.reporting.inputs import read_jobs, rule_from_experiment, split_by_selection
 from anomaly_bench.reporting.notes import data_note_summary, data_notes
 from anomaly_bench.reporting.tables import (
@@ -106,6 +107,8 @@ def _data_html(run_dir: Path) -> str:
     for n in data_notes(run_dir):
         out.append(f"<p><b>{_esc(n['dataset'])}</b>: {_esc(n['n_images'])} images, fingerprint "
                    f"<code>{_esc(n['fingerprint'])}</code>; {_esc(data_note_summary(n))}</p>")
+        for why in (n.get("skipped_settings") or {}).values():
+            out.append(f"<p><b>Not scored</b>: {_esc(why)}</p>")
         if n.get("confound"):
             text, warning = n["confound"]
             out.append(f"<p>{_esc(text)}</p>" + (f"<p><b>Warning</b>: {_esc(warning)}</p>" if warning else ""))
@@ -168,9 +171,12 @@ def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_bo
         tables = build_tables(metrics, scores, jobs=jobs, reference_method=reference_method, n_boot=n_boot,
                               threshold_rule=rule, reference_selection=selection, selection_rule=selection)
     figs = folder.figures()
+    skipped = gallery_problems(run_dir)
+    gallery_note = ("<p><b>Left out of the map gallery</b> (inconsistent maps.npz):</p><ul>"
+                    + "".join(f"<li>{_esc(p)}</li>" for p in skipped) + "</ul>") if skipped else ""
     body = [f"<h1>anomaly-bench report: {_esc(run_dir.name)}</h1>",
             "<h2>Results</h2>", _tables_html(tables),
-            "<h2>Figures</h2>", _figures_html(figs) or "<p>No figures.</p>",
+            "<h2>Figures</h2>", _figures_html(figs) or "<p>No figures.</p>", gallery_note,
             "<h2>Jobs</h2>", _jobs_html(jobs) or "<p>No job.json files.</p>",
             "<h2>Data</h2>", _data_html(run_dir) or "<p>No run.json in this run folder.</p>",
             "<h2>Configuration</h2>", _config_html(run_dir)]

@@ -32,7 +32,7 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
         notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
                       "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
                       "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound")),
-                      "split": split_line(d.get("splits"))})
+                      "split": split_line(d.get("splits")), "skipped_settings": d.get("skipped_settings") or {}})
     return notes
 
 
@@ -81,6 +81,8 @@ def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
                      f"{data_note_summary(n)}")
         if n.get("split"):
             lines.append(f"  - {n['split']}")
+        for why in (n.get("skipped_settings") or {}).values():
+            lines.append(f"  - **not scored**: {why}")
         if n.get("confound"):
             text, warning = n["confound"]
             lines.append(f"  - {text}")
