@@ -1,0 +1,144 @@
+"""Hostile inputs (issue 22, items 4, 7, 8, 10, 11): every case ends in a correct result or exit code 2 with one
+message naming the file or setting and the fix; never a traceback for a user error, never a lost result, never a
+silently wrong label. The corpus is built in tmp_path; nothing binary is committed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from test_data_formats import TUMOR_CARD, make_npz, write
+
+from anomaly_bench.cli import main
+from anomaly_bench.core.errors import DataError
+from anomaly_bench.data.loading import load_dataset
+from conftest import EXAMPLE_PLUGIN
+from test_runner import TINY_CARD
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cli_error(args: list[str], *names: str) -> str:
+    """Run the CLI; it must exit 2 with one message that names each of ``names`` and no traceback."""
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    out = res.output + (res.stderr if res.stderr_bytes is not None else "")
+    assert res.exit_code == 2, (res.exit_code, out, res.exception)
+    assert "Traceback" not in out and not isinstance(res.exception, (ValueError, RuntimeError, OSError)), out
+    for n in names:
+        assert str(n) in out, (n, out)
+    return out
+
+
+def run_args(tmp_path: Path, *extra: str, dataset: str | Path | None = None) -> list[str]:
+    card = tmp_path / "tiny.yaml"
+    if not card.exists():
+        card.write_text(yaml.safe_dump(TINY_CARD))
+    return ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "pixel_knn", "--dataset", str(dataset or card),
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def write_experiment(tmp_path: Path, **over) -> Path:
+    exp = {"name": "h", "profile": "smoke", "seeds": [0], "settings": ["inductive"], "device": "cpu",
+           "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)], "methods": ["pixel_knn"], **over}
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    return p
+
+
+# ------------------------------------------------------------------------------------------ item 8: npz files
+def _npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    np.savez(path, train_images=images, train_labels=labels)
+    return path
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_npz_with_non_finite_pixels_names_file_array_and_index(tmp_path, bad):
+    a = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
+    a[2, 5, 7] = bad
+    p = _npz(tmp_path / "px.npz", a, np.array([0, 1, 0, 1]))
+    out = cli_error(run_args(tmp_path, "--out", tmp_path / "o", dataset=p), "px.npz", "train_images", "[2, 5, 7]")
+    assert "NaN/inf" in out
+
+
+@pytest.mark.parametrize("labels, shown", [(np.array([0, np.nan, 1, 0]), "train_labels'[1]"),
+                                           (np.array([0, 0.5, 1.5, 0]), "train_labels'[1]"),
+                                           (np.array(["a", "b", "a", "b"]), "not numbers")])
+def test_npz_labels_must_be_integer_codes(tmp_path, labels, shown):
+    p = _npz(tmp_path / "lab.npz", np.zeros((4, 28, 28), np.uint8), labels)
+    with pytest.raises(DataError, match="healthy_labels") as ei:
+        load_dataset(str(p), image_size=32)
+    assert "lab.npz" in str(ei.value) and shown in str(ei.value)
+
+
+def test_npy_renamed_npz_and_text_named_npz(tmp_path):
+    np.save(tmp_path / "arr.npy", np.zeros((4, 28, 28), np.uint8))
+    (tmp_path / "arr.npy").rename(tmp_path / "arr.npz")
+    cli_error(run_args(tmp_path, "--out", tmp_path / "o", dataset=tmp_path / "arr.npz"), "arr.npz", ".npy",
+              "numpy.savez")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "notes.npz").write_text("these are not arrays\n")
+    out = cli_error(run_args(tmp_path, "--out", tmp_path / "o", dataset=tmp_path / "t" / "notes.npz"),
+                    "notes.npz", "not an npz archive")
+    assert "pickled" not in out
+
+
+def test_npz_images_below_the_minimum_side_are_refused(tmp_path):
+    p = _npz(tmp_path / "tiny_px.npz", np.zeros((4, 1, 1), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match="min_side"):
+        load_dataset(str(p), image_size=32)
+    assert len(load_dataset(str(make_npz(tmp_path / "ok" / "m.npz")), image_size=32)) == 18  # 28 px is fine
+
+
+# -------------------------------------------------------------------------------- item 7: symlinked class folders
+def _tree(root: Path) -> Path:
+    for cls, n in (("normal", 3), ("tumor", 2)):
+        for i in range(n):
+            write(root / "Training" / cls / f"{cls}_{i}.png", 10 * len(cls) + i)
+    return root
+
+
+CLASS_CARD = {**TUMOR_CARD, "name": "linked", "classes": {"healthy": ["normal"], "diseased": ["tumor"]}}
+
+
+def _symlink(target, link: Path) -> None:
+    try:
+        os.symlink(target, link)
+    except OSError:
+        pytest.skip("symbolic links not available")
+
+
+def test_folder_link_into_another_class_is_refused_naming_both(tmp_path):
+    root = _tree(tmp_path / "data")
+    assert load_dataset({**CLASS_CARD, "root": str(root)}).summary()["n_diseased"] == 2
+    _symlink("../tumor", root / "Training" / "normal" / "linked")
+    with pytest.raises(DataError) as ei:
+        load_dataset({**CLASS_CARD, "root": str(root)})
+    msg = str(ei.value)
+    assert "normal/linked" in msg and str(Path(os.path.realpath(root)) / "Training" / "tumor") in msg
+    assert "remove the link" in msg
+
+
+def test_file_link_into_another_class_or_role_is_refused(tmp_path):
+    root = _tree(tmp_path / "data")
+    _symlink(root / "Training" / "tumor" / "tumor_0.png", root / "Training" / "normal" / "x.png")
+    with pytest.raises(DataError, match="normal/x.png.*remove the link"):
+        load_dataset({**CLASS_CARD, "root": str(root)})
+    (root / "Training" / "normal" / "x.png").unlink()
+    (root / "Testing" / "tumor").mkdir(parents=True)
+    _symlink(root / "Training" / "tumor" / "tumor_1.png", root / "Testing" / "tumor" / "y.png")
+    with pytest.raises(DataError, match="Testing/tumor/y.png"):
+        load_dataset({**CLASS_CARD, "root": str(root)})
+
+
+def test_link_within_its_own_class_and_link_loops_still_load(tmp_path):
+    root = _tree(tmp_path / "data")
+    (root / "Training" / "normal" / "more").mkdir()
+    write(root / "Training" / "normal" / "more" / "m.png", 77)
+    _symlink("more", root / "Training" / "normal" / "alias")  # same class and role: reached once
+    _symlink(root, root / "Training" / "normal" / "loop")
+    ds = load_dataset({**CLASS_CARD, "root": str(root)})
+    assert ds.summary()["n_healthy"] == 4 and ds.summary()["n_diseased"] == 2
