@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,18 @@ def _experiment_path(name: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     return shipped_path(Path("experiments") / f"{name}.yaml")  # the checkout's, else the installed wheel's
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """``folder`` exists (made if need be) and a file can be written in it, else a :class:`BenchError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"{what} {folder}: cannot write there ({exc.strerror or exc}; a path under a file, or a "
+                         f"read-only folder?); choose a writable output folder") from None
 
 
 def _fail(exc: Exception) -> None:
@@ -86,11 +99,14 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             exp.profile = profile
             for m in exp.methods:
                 m.profile = None
-        if seeds:
+        if seeds is not None:
             try:
-                exp.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+                parsed = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
-                raise BenchError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+                parsed = []
+            if not parsed or min(parsed) < 0:
+                raise BenchError(f"--seeds {seeds!r}: give comma-separated integers >= 0, e.g. 0,1,2")
+            exp.seeds = parsed
         if settings:
             exp.settings = list(settings)
         if device:
@@ -106,6 +122,7 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
         if ray_address and executor != "ray":
             raise BenchError("--ray-address needs --executor ray")
         out_dir = Path(out or Path("runs") / exp.name)
+        check_writable(out_dir, "--out")
         click.echo(f"anomaly-bench run: {len(exp.datasets)} dataset(s) x {len(exp.methods)} method(s) x "
                    f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}"
                    + (f", executor ray ({ray_address or 'local'})" if executor == "ray" else ""))

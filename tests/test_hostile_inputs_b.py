@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from test_data_formats import TUMOR_CARD, make_npz, write
 
 from anomaly_bench.cli import main
-from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.loading import load_dataset
 from conftest import EXAMPLE_PLUGIN
 from test_runner import TINY_CARD
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cli_error(args: list[str], *names: str) -> str:
     """Run the CLI; it must exit 2 with one message that names each of ``names`` and no traceback."""
     res = CliRunner().invoke(main, [str(a) for a in args])
-    out = res.output + (res.stderr if res.stderr_bytes is not None else "")
+    out = res.output  # stdout and stderr
     assert res.exit_code == 2, (res.exit_code, out, res.exception)
     assert "Traceback" not in out and not isinstance(res.exception, (ValueError, RuntimeError, OSError)), out
     for n in names:
@@ -142,3 +142,52 @@ def test_link_within_its_own_class_and_link_loops_still_load(tmp_path):
     _symlink(root, root / "Training" / "normal" / "loop")
     ds = load_dataset({**CLASS_CARD, "root": str(root)})
     assert ds.summary()["n_healthy"] == 4 and ds.summary()["n_diseased"] == 2
+
+
+# ------------------------------------------------------------------------- items 8, 10: settings and arguments
+@pytest.mark.parametrize("over, names", [
+    ({"datasets": [{"card": TINY_CARD, "image_size": "big"}]}, ["image_size", "'big'"]),
+    ({"device": "gpu"}, ["device", "'gpu'", "cpu, cuda", "auto", "mps"]),
+    ({"n_maps": -3}, ["n_maps", "-3", ">= 0"]),
+    ({"methods": [{"name": "pixel_knn", "label": "../../../evil"}]}, ["label", "../../../evil", "path separators"]),
+    ({"methods": [{"name": "pixel_knn", "label": ".hidden"}]}, ["label", ".hidden"]),
+    ({"seeds": [-1]}, ["seeds", "-1"]),
+    ({"methods": [{"name": "autoencoder", "params": {"iterations": -5}}]}, ["iterations", ">= 1", "-5"]),
+    ({"methods": [{"name": "autoencoder", "params": {"lr": 0}}]}, ["'lr'", "> 0"]),
+    ({"methods": [{"name": "autoencoder", "params": {"batch_size": 0}}]}, ["batch_size", ">= 1"]),
+    ({"methods": [{"name": "autoencoder", "params": {"checkpoint_every": -1}}]}, ["checkpoint_every", ">= 0"]),
+])
+def test_bad_experiment_values_exit_2_naming_the_setting(tmp_path, over, names):
+    cfg = write_experiment(tmp_path, **over)
+    cli_error(["run", "--config", cfg, "--out", tmp_path / "o", "--no-progress"], *names)
+    assert not (tmp_path / "evil").exists() and not list(tmp_path.glob("**/evil"))
+
+
+def test_zero_counts_that_mean_off_stay_allowed():
+    from anomaly_bench.core.config import method_params
+
+    assert method_params("alad", "smoke", {"iterations": 0})["iterations"] == 0  # 0: train by epochs
+    assert method_params("autoencoder", "smoke", {"checkpoint_every": 0, "log_every": 0})["log_every"] == 0
+    with pytest.raises(ConfigError, match="'epochs' must be >= 1"):
+        method_params("alad", "smoke", {"epochs": 0})
+
+
+@pytest.mark.parametrize("seeds", [",", " , ", "-1", "0,-2", "a,b"])
+def test_bad_seeds_option(tmp_path, seeds):
+    out = cli_error(run_args(tmp_path, "--seeds", seeds, "--out", tmp_path / "o"), "--seeds",
+                    "comma-separated integers")
+    assert "no job results" not in out
+
+
+def test_out_under_a_file_or_read_only(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cli_error(run_args(tmp_path, "--out", tmp_path / "afile" / "sub"), "--out", "afile/sub", "writable")
+    if os.geteuid() == 0:
+        return  # root writes into read-only folders
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        cli_error(run_args(tmp_path, "--out", ro / "o"), "--out", "writable")
+    finally:
+        ro.chmod(0o700)

@@ -19,6 +19,7 @@ import csv
 import logging
 import math
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,10 @@ def resolve_device(spec: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU. ``cuda`` without a GPU is an error, not a silent fallback."""
     if spec in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: unknown device {spec!r}; use one of cpu, cuda (or cuda:N), auto, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: '{spec}' was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev
@@ -245,6 +249,23 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
+
+
+#: (name pattern, least value, whether the least value itself is allowed) of the numeric method parameters
+#: checked by :meth:`AnomalyMethod.validate_params`; a count whose default is 0 (0 = off / use another
+#: setting) may be 0
+PARAM_BOUNDS = ((re.compile(r"(^|_)(iterations|epochs|batch_size)$|^(n_critic|critic_iters|r_steps|lr_update_step)$"),
+                 1, True),
+                (re.compile(r"_every$"), 0, True), (re.compile(r"(^|_)lr$"), 0, False))
+
+
+def _lower_bound(name: str, default: Any) -> tuple[float, bool] | None:
+    for pattern, low, inclusive in PARAM_BOUNDS:
+        if pattern.search(name):
+            if inclusive and low == 1 and isinstance(default, (int, float)) and default == 0:
+                return 0, True
+            return low, inclusive
+    return None
 
 
 class AnomalyMethod(ABC):
@@ -293,6 +314,10 @@ class AnomalyMethod(ABC):
                 raise ConfigError(
                     f"{where}: parameter '{k}' must be {type(schema[k]).__name__} "
                     f"(default {schema[k]!r}), got {v!r}")
+            low = _lower_bound(k, schema[k])
+            if low is not None and v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and (
+                    v < low[0] or (v == low[0] and not low[1])):
+                raise ConfigError(f"{where}: parameter '{k}' must be {'>=' if low[1] else '>'} {low[0]}, got {v!r}")
             allowed = cls.choices.get(k)
             if allowed is not None and v not in allowed:
                 raise ConfigError(f"{where}: parameter '{k}'={v!r} is not one of {list(allowed)}")
