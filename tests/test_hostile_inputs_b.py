@@ -4,6 +4,7 @@ silently wrong label. The corpus is built in tmp_path; nothing binary is committ
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from test_data_formats import TUMOR_CARD, make_npz, write
 
 from anomaly_bench.cli import main
 from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.experiment import parse_experiment
 from anomaly_bench.data.loading import load_dataset
 from conftest import EXAMPLE_PLUGIN
 from test_runner import TINY_CARD
@@ -191,3 +193,73 @@ def test_out_under_a_file_or_read_only(tmp_path):
         cli_error(run_args(tmp_path, "--out", ro / "o"), "--out", "writable")
     finally:
         ro.chmod(0o700)
+
+
+# ------------------------------------------------------------------- items 4, 11: resume, restart, lost results
+AE = {"name": "autoencoder", "params": {"iterations": 20, "resume_every": 10, "log_every": 5}}
+
+
+def _as_if_killed(job: Path) -> None:
+    """Leave the job as a kill after its last resume state leaves it: job.json says running, no scores."""
+    meta = json.loads((job / "job.json").read_text())
+    (job / "job.json").write_text(json.dumps({**meta, "status": "running"}))
+    for f in job.glob("scores_*.csv"):
+        f.unlink()
+
+
+def test_changed_lr_restarts_instead_of_resuming_the_old_checkpoint(tmp_path):
+    out, job = tmp_path / "o", tmp_path / "o/jobs/tiny/autoencoder/seed0"
+    res = CliRunner().invoke(main, ["run", "--config", write_experiment(tmp_path, methods=[AE]), "--out", out,
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    old_scores = (job / "scores_inductive.csv").read_text()
+    _as_if_killed(job)
+    new = {**AE, "params": {**AE["params"], "lr": 0.01}}
+    res = CliRunner().invoke(main, ["run", "--config", write_experiment(tmp_path, methods=[new]), "--out", out,
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "configuration changed since the checkpoint: lr 0.001 -> 0.01; restarting" in res.output
+    meta = json.loads((job / "job.json").read_text())
+    assert meta["status"] == "done" and meta["params"]["lr"] == 0.01
+    assert (job / "scores_inductive.csv").read_text() != old_scores
+    losses = [int(r.split(",")[0]) for r in (job / "work/losses.csv").read_text().splitlines()[1:]]
+    assert losses == [5, 10, 15, 20]  # trained again from iteration 0, once
+
+
+def test_resume_drops_loss_rows_logged_after_the_resume_state(tmp_path):
+    from anomaly_bench.core.config import method_params
+    from anomaly_bench.core.interface import FitContext, TrainSets
+    from anomaly_bench.core.registry import get_method
+    from helpers import KillAfterResumeSave, Killed, three_blobs
+
+    p = method_params("autoencoder", "smoke", {"iterations": 20, "resume_every": 10, "log_every": 5})
+    train = TrainSets(three_blobs(32, 32))
+    with pytest.raises(Killed):
+        get_method("autoencoder")(**p).fit(train, KillAfterResumeSave(workdir=tmp_path, progress=False, kill_step=10))
+    with open(tmp_path / "losses.csv", "a") as fh:  # logged at 15, then SIGKILL before the resume state of 20
+        fh.write("15,0.5\n")
+    get_method("autoencoder")(**p).fit(train, FitContext(workdir=tmp_path, progress=False))
+    rows = (tmp_path / "losses.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [5, 10, 15, 20] and "15,0.5" not in rows
+
+
+def test_corrupt_resume_file_is_set_aside_and_deleted_scores_rerun_the_job(tmp_path):
+    from anomaly_bench.harness.runner import Runner
+
+    exp = parse_experiment(yaml.safe_load(write_experiment(tmp_path, methods=[AE, "pixel_knn"]).read_text()))
+    out = tmp_path / "o"
+    Runner(exp, out, progress=False, echo=lambda s: None).run()
+    ae, knn = out / "jobs/tiny/autoencoder/seed0", out / "jobs/tiny/pixel_knn/seed0"
+    before = (ae / "scores_inductive.csv").read_text()
+    _as_if_killed(ae)
+    (ae / "work/resume.pt").write_bytes(b"\x80\x02 half a pickle")
+    (knn / "scores_inductive.csv").unlink()  # a finished job whose scores file was deleted
+    lines: list[str] = []
+    info = Runner(exp, out, progress=False, echo=lines.append).run()
+    assert info["failed_jobs"] == []
+    text = "\n".join(lines)
+    assert "resume.pt is unreadable" in text and "resume.pt.corrupt" in text and "restarting from scratch" in text
+    assert (ae / "work/resume.pt.corrupt").is_file()
+    assert (ae / "scores_inductive.csv").read_text() == before  # trained from scratch: the same result
+    assert "scores_inductive.csv is missing; rerunning the job" in text and "done already" not in text
+    assert (knn / "scores_inductive.csv").is_file() and "pixel_knn" in (out / "table.md").read_text()

@@ -19,7 +19,6 @@ import csv
 import logging
 import math
 import os
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from anomaly_bench.core.errors import ConfigError, TrainingError
+from anomaly_bench.core.params import check_param_value
 from anomaly_bench.core.registry import METHODS, get_method
 from anomaly_bench.nn.common import at_least_fp32
 
@@ -170,10 +170,45 @@ class FitContext:
             atomic_torch_save(state, self.resume_path)
 
     def load_resume(self) -> dict | None:
+        """The saved training state; None when there is none, or when the file is unreadable (it is then moved
+        aside as ``resume.pt.corrupt`` and training restarts from scratch, see :meth:`restart`)."""
         p = self.resume_path
         if p is None or not p.exists():
             return None
-        return torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, training starts again
+            self.restart(f"the resume state {p} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
+                         f"{p.name}.corrupt", aside=p.name + ".corrupt")
+            return None
+
+    def restart(self, reason: str, aside: str = "resume.pt.stale") -> None:
+        """Training starts from scratch, saying ``reason``: the resume file is set aside as ``aside``, the loss
+        log as ``losses.before-restart.csv``, and the selection checkpoints of the abandoned run are deleted."""
+        if self.workdir is None:
+            return
+        if self.resume_path.exists():
+            self.resume_path.replace(self.resume_path.with_name(aside))
+        if (self.workdir / "losses.csv").exists():
+            (self.workdir / "losses.csv").replace(self.workdir / "losses.before-restart.csv")
+        for _, c in self.selection_checkpoints:
+            c.unlink(missing_ok=True)
+        self.selection_checkpoints, self._loss_columns = [], None
+        self.info(f"{self.description or 'training'}: {reason}; restarting from scratch (old loss log: "
+                  f"losses.before-restart.csv)")
+
+    def truncate_losses(self, iteration: int) -> None:
+        """Drop the loss-log rows after ``iteration`` (written after the resume state a killed run resumes from,
+        so they would repeat)."""
+        path = None if self.workdir is None else self.workdir / "losses.csv"
+        if path is None or not path.exists():
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].lstrip("-").isdigit() and int(r[0]) <= iteration]
+        if len(keep) < len(rows):
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
 
     def last_checkpoint(self) -> str | None:
         if self.resume_path is not None and self.resume_path.exists():
@@ -237,37 +272,6 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
-
-
-#: (name pattern, least value, whether the least value itself is allowed) of the numeric method parameters
-#: checked by :meth:`AnomalyMethod.validate_params`; a count whose default is 0 (0 = off / use another
-#: setting) may be 0
-PARAM_BOUNDS = ((re.compile(r"(^|_)(iterations|epochs|batch_size)$|^(n_critic|critic_iters|r_steps|lr_update_step)$"),
-                 1, True),
-                (re.compile(r"_every$"), 0, True), (re.compile(r"(^|_)lr$"), 0, False))
-
-
-def _lower_bound(name: str, default: Any) -> tuple[float, bool] | None:
-    for pattern, low, inclusive in PARAM_BOUNDS:
-        if pattern.search(name):
-            if inclusive and low == 1 and isinstance(default, (int, float)) and default == 0:
-                return 0, True
-            return low, inclusive
-    return None
-
-
 class AnomalyMethod(ABC):
     """Base class of every method. Subclasses declare ``defaults`` (the published hyper-parameters,
     which also serve as the schema: unknown keys and wrong types are rejected) and implement
@@ -310,14 +314,7 @@ class AnomalyMethod(ABC):
             raise ConfigError(f"{where}: unknown parameter(s) {unknown}; allowed: {sorted(schema)}")
         merged = dict(schema)
         for k, v in params.items():
-            if not _type_ok(schema[k], v):
-                raise ConfigError(
-                    f"{where}: parameter '{k}' must be {type(schema[k]).__name__} "
-                    f"(default {schema[k]!r}), got {v!r}")
-            low = _lower_bound(k, schema[k])
-            if low is not None and v is not None and not isinstance(v, bool) and isinstance(v, (int, float)) and (
-                    v < low[0] or (v == low[0] and not low[1])):
-                raise ConfigError(f"{where}: parameter '{k}' must be {'>=' if low[1] else '>'} {low[0]}, got {v!r}")
+            check_param_value(k, schema[k], v, where)
             allowed = cls.choices.get(k)
             if allowed is not None and v not in allowed:
                 raise ConfigError(f"{where}: parameter '{k}'={v!r} is not one of {list(allowed)}")

@@ -30,7 +30,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import yaml
@@ -128,10 +128,17 @@ class JobFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.meta_path.write_text(dump_json(meta))
 
-    def is_done(self, fingerprint: str) -> bool:
-        """True when ``job.json`` says done with this configuration fingerprint."""
+    def is_done(self, fingerprint: str, settings: tuple[str, ...] | list[str] = (),
+                echo: Callable[[str], None] | None = None) -> bool:
+        """True when ``job.json`` says done with this configuration fingerprint and the scores files of
+        ``settings`` are there (a done job whose scores were deleted is rerun, saying so through ``echo``)."""
         meta = self.read_meta()
-        return meta is not None and meta.get("status") == "done" and meta.get("config_fingerprint") == fingerprint
+        if meta is None or meta.get("status") != "done" or meta.get("config_fingerprint") != fingerprint:
+            return False
+        missing = [self.scores_path(s).name for s in settings if not self.scores_path(s).is_file()]
+        if missing and echo is not None:
+            echo(f"  {self.meta_path} says done but {', '.join(missing)} is missing; rerunning the job")
+        return not missing
 
     def write_scores(self, setting: str, frame: pd.DataFrame) -> None:
         frame.to_csv(self.scores_path(setting), index=False)
