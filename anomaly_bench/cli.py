@@ -215,11 +215,10 @@ def report(run_dir: str, html: bool, threshold_rule: str | None, selection: str 
 def regress(reference, exact_reference, tolerance, experiment, exact_config, part, out, data_root, min_rank_corr,
             update, from_runs, fresh) -> None:
     """Check this code against the committed references: exact float64 checks, then the statistical run."""
-    import json
-
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.harness import regress as rg
     from anomaly_bench.harness import regress_exact as rx
+    from anomaly_bench.harness.references import read_reference
     from anomaly_bench.harness.run_folder import RunFolder
 
     ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
@@ -242,7 +241,8 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                 if not refs[what].is_file():
                     raise BenchError(f"{what} reference {refs[what]} not found; create it with "
                                      f"`anomaly-bench regress --update` (see README, Regression)")
-        ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        ref = read_reference(ref_path, "statistical", update) if "statistical" in wanted else None
+        exact_ref = read_reference(exact_path, "exact", update, exact=True) if "exact" in wanted else None
         floor = tolerance if tolerance is not None else float((ref or {}).get("floor", rg.DEFAULT_FLOOR))
         if min_rank_corr is None:
             min_rank_corr = float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR))
@@ -256,9 +256,9 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                 click.echo(f"exact reference written: {exact_path} ({len(record['methods'])} methods, "
                            f"{len(record['splits'])} splits)")
             else:
-                rows, exact_problems = rx.compare_exact(json.loads(exact_path.read_text()), record)
+                rows, exact_problems = rx.compare_exact(exact_ref, record)
                 click.echo("\nexact checks (float64, rtol "
-                           f"{json.loads(exact_path.read_text()).get('rtol')}; kernel path "
+                           f"{exact_ref.get('rtol')}; kernel path "
                            f"{versions()['cpu']['kernel_path']}):")
                 for r in rows:
                     diff = "" if r["max_rel_diff"] != r["max_rel_diff"] else f"  max rel diff {r['max_rel_diff']:.2e}"

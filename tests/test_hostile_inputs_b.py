@@ -263,3 +263,58 @@ def test_corrupt_resume_file_is_set_aside_and_deleted_scores_rerun_the_job(tmp_p
     assert (ae / "scores_inductive.csv").read_text() == before  # trained from scratch: the same result
     assert "scores_inductive.csv is missing; rerunning the job" in text and "done already" not in text
     assert (knn / "scores_inductive.csv").is_file() and "pixel_knn" in (out / "table.md").read_text()
+
+
+# ------------------------------------------------------------------------------ item 8: report and regress inputs
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--config", write_experiment(tmp_path), "--out", out, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "list"])
+def test_report_on_a_damaged_job_json(finished_run, damage):
+    meta = finished_run / "jobs/tiny/pixel_knn/seed0/job.json"
+    text = {"truncated": meta.read_text()[:40], "empty": "", "list": "[1, 2]"}[damage]
+    meta.write_text(text)
+    cli_error(["report", finished_run], "pixel_knn/seed0/job.json", "rerun the same")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "labels"])
+def test_report_on_a_damaged_scores_csv(finished_run, damage):
+    f = finished_run / "jobs/tiny/pixel_knn/seed0/scores_inductive.csv"
+    text = f.read_text()
+    bad = {"truncated": text[:30], "garbage": "\x00\x01not,a\ncsv", "labels": text.replace(",0,", ",7,")}
+    f.write_text(bad[damage])
+    cli_error(["report", finished_run], "scores_inductive.csv", "delete it and rerun")
+
+
+@pytest.mark.parametrize("content, names", [
+    ('{"floor": 0.05, "values": {"a|b', ["not readable JSON"]),
+    ('{"floor": 0.05}', ["no `values`"]),
+    ('{"values": {"k": "high"}}', ["'k'", "numeric mean"]),
+    ('{"values": {"k": 0.9}, "floor": "small"}', ["`floor`"]),
+    ('[1, 2]', ["not an object"]),
+])
+def test_regress_checks_the_reference_before_running(tmp_path, content, names):
+    ref = tmp_path / "ref.json"
+    ref.write_text(content)
+    out = tmp_path / "rg"
+    cli_error(["regress", "--part", "statistical", "--reference", ref, "--experiment", write_experiment(tmp_path),
+               "--out", out], "ref.json", "damaged", "--update", *names)
+    assert not (out / "jobs").exists()  # nothing ran
+    exact = tmp_path / "exact.json"
+    exact.write_text(content if content.startswith("{\"floor\": 0.05, \"values") else '{"splits": []}')
+    cli_error(["regress", "--part", "exact", "--exact-reference", exact, "--experiment", write_experiment(tmp_path),
+               "--out", out], "exact.json", "damaged")
+
+
+def test_regress_update_replaces_a_corrupt_reference(tmp_path, finished_run):
+    ref = tmp_path / "ref.json"
+    ref.write_text('{"values": {"trunc')
+    res = CliRunner().invoke(main, ["regress", "--update", "--part", "statistical", "--from", str(finished_run),
+                                    "--reference", str(ref), "--experiment", str(write_experiment(tmp_path))])
+    assert res.exit_code == 0, res.output
+    assert json.loads(ref.read_text())["values"]
