@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,18 @@ def _experiment_path(name: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     return shipped_path(Path("experiments") / f"{name}.yaml")  # the checkout's, else the installed wheel's
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """``folder`` exists (made if need be) and a file can be written in it, else a :class:`BenchError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchError(f"{what} {folder}: cannot write there ({exc.strerror or exc}; a path under a file, or a "
+                         f"read-only folder?); choose a writable output folder") from None
 
 
 def _fail(exc: Exception) -> None:
@@ -86,11 +99,14 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             exp.profile = profile
             for m in exp.methods:
                 m.profile = None
-        if seeds:
+        if seeds is not None:
             try:
-                exp.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+                parsed = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
-                raise BenchError(f"--seeds {seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+                parsed = []
+            if not parsed or min(parsed) < 0:
+                raise BenchError(f"--seeds {seeds!r}: give comma-separated integers >= 0, e.g. 0,1,2")
+            exp.seeds = parsed
         if settings:
             exp.settings = list(settings)
         if device:
@@ -106,6 +122,7 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
         if ray_address and executor != "ray":
             raise BenchError("--ray-address needs --executor ray")
         out_dir = Path(out or Path("runs") / exp.name)
+        check_writable(out_dir, "--out")
         click.echo(f"anomaly-bench run: {len(exp.datasets)} dataset(s) x {len(exp.methods)} method(s) x "
                    f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}"
                    + (f", executor ray ({ray_address or 'local'})" if executor == "ray" else ""))
@@ -198,11 +215,10 @@ def report(run_dir: str, html: bool, threshold_rule: str | None, selection: str 
 def regress(reference, exact_reference, tolerance, experiment, exact_config, part, out, data_root, min_rank_corr,
             update, from_runs, fresh) -> None:
     """Check this code against the committed references: exact float64 checks, then the statistical run."""
-    import json
-
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.harness import regress as rg
     from anomaly_bench.harness import regress_exact as rx
+    from anomaly_bench.harness.references import read_reference
     from anomaly_bench.harness.run_folder import RunFolder
 
     ref_path = Path(reference) if reference else rg.DEFAULT_REFERENCE
@@ -225,7 +241,8 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                 if not refs[what].is_file():
                     raise BenchError(f"{what} reference {refs[what]} not found; create it with "
                                      f"`anomaly-bench regress --update` (see README, Regression)")
-        ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        ref = read_reference(ref_path, "statistical", update) if "statistical" in wanted else None
+        exact_ref = read_reference(exact_path, "exact", update, exact=True) if "exact" in wanted else None
         floor = tolerance if tolerance is not None else float((ref or {}).get("floor", rg.DEFAULT_FLOOR))
         if min_rank_corr is None:
             min_rank_corr = float((ref or {}).get("min_rank_corr", rg.DEFAULT_MIN_RANK_CORR))
@@ -239,9 +256,9 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
                 click.echo(f"exact reference written: {exact_path} ({len(record['methods'])} methods, "
                            f"{len(record['splits'])} splits)")
             else:
-                rows, exact_problems = rx.compare_exact(json.loads(exact_path.read_text()), record)
+                rows, exact_problems = rx.compare_exact(exact_ref, record)
                 click.echo("\nexact checks (float64, rtol "
-                           f"{json.loads(exact_path.read_text()).get('rtol')}; kernel path "
+                           f"{exact_ref.get('rtol')}; kernel path "
                            f"{versions()['cpu']['kernel_path']}):")
                 for r in rows:
                     diff = "" if r["max_rel_diff"] != r["max_rel_diff"] else f"  max rel diff {r['max_rel_diff']:.2e}"

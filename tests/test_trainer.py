@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.harness.sampler import BatchSampler
 from anomaly_bench.harness.trainer import RESUME_FORMAT, Trainer
@@ -113,13 +112,21 @@ def test_resume_after_a_kill_mid_window_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(again.score(x).scores, full.score(x).scores)
 
 
-def test_resume_with_other_settings_is_refused_but_free_ones_are_fine(tmp_path):
+def test_resume_with_other_settings_restarts_but_free_ones_resume(tmp_path):
     Toy(iterations=4).fit(_data(), FitContext(workdir=tmp_path, progress=False))
-    with pytest.raises(ConfigError, match=r"lr: 0.1 -> 0.2"):
-        Toy(iterations=4, lr=0.2).fit(_data(), FitContext(workdir=tmp_path, progress=False))
-    Toy(iterations=4, log_every=1, score_batch_size=2).fit(_data(), FitContext(workdir=tmp_path, progress=False))
-    with pytest.raises(ConfigError, match="architecture"):
-        Toy(iterations=4).fit(TrainSets(torch.rand(10, 1, 2, 2)), FitContext(workdir=tmp_path, progress=False))
+    events: list[str] = []
+    Toy(iterations=4, lr=0.2).fit(_data(), FitContext(workdir=tmp_path, progress=False, on_event=events.append))
+    assert any("configuration changed since the checkpoint: lr 0.1 -> 0.2" in e and "restarting" in e
+               for e in events)
+    assert (tmp_path / "resume.pt.stale").is_file()
+    events.clear()
+    Toy(iterations=4, lr=0.2, log_every=1, score_batch_size=2).fit(
+        _data(), FitContext(workdir=tmp_path, progress=False, on_event=events.append))
+    assert any("resumed from iteration 4/4" in e for e in events)
+    events.clear()
+    Toy(iterations=4, lr=0.2).fit(TrainSets(torch.rand(10, 1, 2, 2)),
+                                  FitContext(workdir=tmp_path, progress=False, on_event=events.append))
+    assert any("architecture" in e and "restarting" in e for e in events)
 
 
 def test_a_resume_file_of_another_format_restarts_from_scratch(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,24 @@ THRESHOLD_RULE_CHOICES = ("holdout_healthy", "youden", "equal_error")
 SELECTION_CHOICES = ("last", "aucp")
 DATASET_KEYS = {"card", "label", "image_size", "split", "data_root", "on_bad_image", "limit_per_class"}
 METHOD_KEYS = {"name", "label", "profile", "params", "train_sets", "selection"}
+#: a method label names its job folder: letters, digits and ``_ . + -``, not starting with a dot
+LABEL_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_seeds(seeds: Any, where: str) -> list[int]:
+    """A non-empty list of integers >= 0 (a single integer is a list of one)."""
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"{where}: give a non-empty list of integers >= 0 (comma-separated on the command line, "
+                          f"e.g. 0,1,2), got {seeds!r}")
+    return seeds
+
+
+def _check_int(value: Any, where: str, least: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"{where} must be an integer >= {least}, got {value!r}")
 
 
 @dataclass
@@ -101,6 +120,8 @@ def _dataset_spec(d: Any, where: str) -> DatasetSpec:
     if "card" not in d and "format" in d:  # an inline card
         return DatasetSpec(card=d)
     check_keys(d, DATASET_KEYS, where, required={"card"})
+    _check_int(d.get("image_size"), f"{where}.image_size", 1)
+    _check_int(d.get("limit_per_class"), f"{where}.limit_per_class", 1)
     if d.get("split") is not None and not isinstance(d["split"], dict):
         raise ConfigError(f"{where}.split must be a mapping")
     return DatasetSpec(**d)
@@ -116,6 +137,10 @@ def _method_spec(m: Any, where: str) -> MethodSpec:
         raise ConfigError(f"{where}.train_sets: {m['train_sets']!r} is not one of {list(TRAIN_SET_CHOICES)}")
     if m.get("params") is not None and not isinstance(m["params"], dict):
         raise ConfigError(f"{where}.params must be a mapping")
+    label = m.get("label")
+    if label is not None and not (isinstance(label, str) and LABEL_RE.fullmatch(label)):
+        raise ConfigError(f"{where}.label: {label!r} names the method's job folder: use letters, digits and "
+                          f"_ . + - only (no path separators, not starting with a dot), e.g. anomalypro_additive")
     return MethodSpec(**{k: v for k, v in m.items() if v is not None or k not in ("params",)})
 
 
@@ -128,12 +153,10 @@ def parse_experiment(data: dict[str, Any], where: str = "experiment") -> Experim
                 raise ConfigError(f"{where}.{k} must be a string, got {data[k]!r}")
             setattr(exp, k, data[k])
     if "seeds" in data:
-        seeds = data["seeds"]
-        seeds = [seeds] if isinstance(seeds, int) else seeds
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                               for s in seeds):
-            raise ConfigError(f"{where}.seeds must be a non-empty list of integers, got {data['seeds']!r}")
-        exp.seeds = seeds
+        exp.seeds = check_seeds(data["seeds"], f"{where}.seeds")
+    if not DEVICE_RE.fullmatch(exp.device):
+        raise ConfigError(f"{where}.device: unknown device {exp.device!r}; use one of cpu, cuda (or cuda:N), auto, "
+                          f"mps")
     if "settings" in data:
         settings = data["settings"]
         settings = [settings] if isinstance(settings, str) else settings
@@ -153,8 +176,8 @@ def parse_experiment(data: dict[str, Any], where: str = "experiment") -> Experim
             raise ConfigError(f"{where}.threshold_specificity must be a number in (0, 1) (e.g. 0.95), got {q!r}")
         exp.threshold_specificity = float(q)
     if "n_maps" in data:
-        if not isinstance(data["n_maps"], int):
-            raise ConfigError(f"{where}.n_maps must be an integer")
+        _check_int(data["n_maps"] if data["n_maps"] is not None else "null",
+                   f"{where}.n_maps (test images in the map gallery)", 0)
         exp.n_maps = data["n_maps"]
     if data.get("split") is not None:
         if not isinstance(data["split"], dict):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from anomaly_bench.core.errors import ConfigError, TrainingError
+from anomaly_bench.core.params import check_param_value
 from anomaly_bench.core.registry import METHODS, get_method
 from anomaly_bench.nn.common import at_least_fp32
 
@@ -37,9 +38,6 @@ log = logging.getLogger("anomaly_bench")
 #: ``mixed+healthy``: A and B as separate sets (MedAI AnomalyPro); ``mixed_union``: B ∪ A pooled
 #: into ``healthy`` for one-class methods (the contaminated setting).
 TRAIN_SET_CHOICES = ("healthy", "mixed+healthy", "mixed_union")
-
-#: Integer parameters named so are sizes that must be >= 1 (``batch_size: 0`` would divide by zero mid-run).
-POSITIVE_SUFFIXES = ("batch_size",)
 
 #: Parameters every method accepts; the runner sets them.
 COMMON_PARAMS: dict[str, Any] = {"seed": 0, "device": "cpu"}
@@ -172,10 +170,45 @@ class FitContext:
             atomic_torch_save(state, self.resume_path)
 
     def load_resume(self) -> dict | None:
+        """The saved training state; None when there is none, or when the file is unreadable (it is then moved
+        aside as ``resume.pt.corrupt`` and training restarts from scratch, see :meth:`restart`)."""
         p = self.resume_path
         if p is None or not p.exists():
             return None
-        return torch.load(p, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, training starts again
+            self.restart(f"the resume state {p} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
+                         f"{p.name}.corrupt", aside=p.name + ".corrupt")
+            return None
+
+    def restart(self, reason: str, aside: str = "resume.pt.stale") -> None:
+        """Training starts from scratch, saying ``reason``: the resume file is set aside as ``aside``, the loss
+        log as ``losses.before-restart.csv``, and the selection checkpoints of the abandoned run are deleted."""
+        if self.workdir is None:
+            return
+        if self.resume_path.exists():
+            self.resume_path.replace(self.resume_path.with_name(aside))
+        if (self.workdir / "losses.csv").exists():
+            (self.workdir / "losses.csv").replace(self.workdir / "losses.before-restart.csv")
+        for _, c in self.selection_checkpoints:
+            c.unlink(missing_ok=True)
+        self.selection_checkpoints, self._loss_columns = [], None
+        self.info(f"{self.description or 'training'}: {reason}; restarting from scratch (old loss log: "
+                  f"losses.before-restart.csv)")
+
+    def truncate_losses(self, iteration: int) -> None:
+        """Drop the loss-log rows after ``iteration`` (written after the resume state a killed run resumes from,
+        so they would repeat)."""
+        path = None if self.workdir is None else self.workdir / "losses.csv"
+        if path is None or not path.exists():
+            return
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].lstrip("-").isdigit() and int(r[0]) <= iteration]
+        if len(keep) < len(rows):
+            with open(path, "w", newline="") as fh:
+                csv.writer(fh).writerows(keep)
 
     def last_checkpoint(self) -> str | None:
         if self.resume_path is not None and self.resume_path.exists():
@@ -230,24 +263,13 @@ def resolve_device(spec: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU. ``cuda`` without a GPU is an error, not a silent fallback."""
     if spec in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: unknown device {spec!r}; use one of cpu, cuda (or cuda:N), auto, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: '{spec}' was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev
-
-
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
 
 
 class AnomalyMethod(ABC):
@@ -292,12 +314,7 @@ class AnomalyMethod(ABC):
             raise ConfigError(f"{where}: unknown parameter(s) {unknown}; allowed: {sorted(schema)}")
         merged = dict(schema)
         for k, v in params.items():
-            if not _type_ok(schema[k], v):
-                raise ConfigError(
-                    f"{where}: parameter '{k}' must be {type(schema[k]).__name__} "
-                    f"(default {schema[k]!r}), got {v!r}")
-            if k.endswith(POSITIVE_SUFFIXES) and isinstance(v, int) and not isinstance(v, bool) and v < 1:
-                raise ConfigError(f"{where}: parameter '{k}' must be at least 1, got {v!r}")
+            check_param_value(k, schema[k], v, where)
             allowed = cls.choices.get(k)
             if allowed is not None and v not in allowed:
                 raise ConfigError(f"{where}: parameter '{k}'={v!r} is not one of {list(allowed)}")

@@ -284,7 +284,7 @@ def load_dataset(spec: str | Path | dict[str, Any], data_root: str | Path | None
     root = resolve_root(card, data_root)
     if root is not None and not root.exists():
         raise missing_data_error(card, root, data_root)
-    size = check_image_size(int(image_size) if image_size is not None else int(card.get("image_size", 64)),
+    size = check_image_size(image_size if image_size is not None else card.get("image_size", 64),
                             f"{where}: image_size")
     bad = on_bad_image or card.get("on_bad_image", "error")
     if bad not in ON_BAD_IMAGE:

@@ -26,7 +26,7 @@ from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split
 from anomaly_bench.evaluation.metrics import label_free_threshold, pixel_metrics
-from anomaly_bench.harness.jobs import Job, build_train_sets
+from anomaly_bench.harness.jobs import Job, build_train_sets, restart_if_changed
 from anomaly_bench.harness.selection import select_checkpoint
 from anomaly_bench.harness.versions import versions
 from anomaly_bench.nn.common import seed_everything
@@ -91,10 +91,9 @@ class JobRunner:
                                {**m.params, "seed": job.seed, "device": str(device or self.device)})
         return params, m.fingerprint(self.exp.profile, params)
 
-    @staticmethod
-    def job_is_done(job: Job, fingerprint: str) -> bool:
-        """True when ``job.json`` says done with this configuration: the job is skipped."""
-        return job.folder.is_done(fingerprint)
+    def job_is_done(self, job: Job, fingerprint: str) -> bool:
+        """True when ``job.json`` says done with this configuration and its scores are there: the job is skipped."""
+        return job.folder.is_done(fingerprint, self.exp.settings, self.echo)
 
     def run_job(self, job: Job, ds: ImageDataset, split: Split, extra_meta: dict[str, Any] | None = None) -> str:
         exp, m, jf = self.exp, job.method, job.folder
@@ -111,9 +110,12 @@ class JobRunner:
             "data_fingerprint": ds.fingerprint(), "versions": versions(), "device": str(self.device),
             **(extra_meta or {}),
         }
+        old_meta = jf.read_meta()
         jf.write_meta(meta)
+        restart_if_changed(jf, old_meta, meta, cls, self.echo)
         ctx = FitContext(workdir=jf.work_dir, checkpoint_every=int(params.get("checkpoint_every", 0) or 0),
-                         progress=self.progress, description=f"{job.dataset}/{m.key}/s{job.seed}")
+                         progress=self.progress, description=f"{job.dataset}/{m.key}/s{job.seed}",
+                         on_event=lambda msg: self.echo(f"  {msg}"))
         try:
             train = build_train_sets(ds, split, train_sets)
             meta["n_train"] = {"healthy": len(train.healthy), "mixed": 0 if train.mixed is None else len(train.mixed)}

@@ -5,9 +5,10 @@ Shared by the runner (:mod:`anomaly_bench.harness.runner`) and the executors (:m
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -87,3 +88,28 @@ def fmt_duration(s: float) -> str:
     """``1h02m`` or ``3m07s``: job times and ETAs in progress lines."""
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def restart_if_changed(jf: JobFolder, old: dict[str, Any] | None, new: dict[str, Any], method_cls: type,
+                       echo: Callable[[str], None]) -> None:
+    """A job whose work folder (resume state, checkpoints, loss log) was written under another configuration than
+    ``new`` (its ``job.json`` record) must not resume from it: the folder is moved aside as
+    ``work.before-restart`` and the job restarts from scratch, saying what changed. Parameters a resumed run may
+    change (the trainer's ``RESUME_FREE`` and the method's) do not count."""
+    if not old or old.get("config_fingerprint") == new.get("config_fingerprint") or not jf.work_dir.is_dir():
+        return
+    # lazy: the trainer (torch training loop) is needed only when a work folder is reused
+    from anomaly_bench.harness.trainer import RESUME_FREE
+
+    free = {*RESUME_FREE, *getattr(method_cls, "RESUME_FREE", ())}
+    a, b = old.get("params") or {}, new.get("params") or {}
+    what = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in free and a.get(k) != b.get(k)]
+    what += [f"{k} {old[k]!r} -> {new.get(k)!r}" for k in ("train_sets", "data_fingerprint")
+             if old.get(k) is not None and old.get(k) != new.get(k)]
+    if not what:
+        return
+    aside = jf.path / "work.before-restart"
+    shutil.rmtree(aside, ignore_errors=True)
+    jf.work_dir.replace(aside)
+    echo(f"  configuration changed since the checkpoint: {', '.join(what)}; restarting (old work folder: {aside})")

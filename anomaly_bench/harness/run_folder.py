@@ -30,18 +30,20 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from anomaly_bench.core.errors import BenchError
+from anomaly_bench.core.errors import BenchError, DataError
 
 log = logging.getLogger("anomaly_bench")
 
 JOB_GLOB = "jobs/*/*/seed*/job.json"
 FIGURE_PREFIXES = ("roc_", "pr_", "scores_", "maps_")
+#: the columns every job's scores file has (earlier versions lack cluster and the thresholds)
+JOB_SCORE_COLUMNS = ("dataset", "setting", "method", "seed", "id", "label", "score")
 
 
 def dump_json(data: Any) -> str:
@@ -141,25 +143,48 @@ class JobFolder:
         if not self.meta_path.is_file():
             return None
         try:
-            return json.loads(self.meta_path.read_text())
+            meta = json.loads(self.meta_path.read_text())
         except ValueError:
             return None
+        return meta if isinstance(meta, dict) else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.meta_path, dump_json(meta))
 
-    def is_done(self, fingerprint: str) -> bool:
-        """True when ``job.json`` says done with this configuration fingerprint."""
+    def is_done(self, fingerprint: str, settings: tuple[str, ...] | list[str] = (),
+                echo: Callable[[str], None] | None = None) -> bool:
+        """True when ``job.json`` says done with this configuration fingerprint and the scores files of
+        ``settings`` are there (a done job whose scores were deleted is rerun, saying so through ``echo``)."""
         meta = self.read_meta()
-        return meta is not None and meta.get("status") == "done" and meta.get("config_fingerprint") == fingerprint
+        if meta is None or meta.get("status") != "done" or meta.get("config_fingerprint") != fingerprint:
+            return False
+        missing = [self.scores_path(s).name for s in settings if not self.scores_path(s).is_file()]
+        if missing and echo is not None:
+            echo(f"  {self.meta_path} says done but {', '.join(missing)} is missing; rerunning the job")
+        return not missing
 
     def write_scores(self, setting: str, frame: pd.DataFrame) -> None:
         write_csv(self.scores_path(setting), frame)
 
     def read_scores(self) -> list[pd.DataFrame]:
-        """Every ``scores_<setting>.csv`` of the job, in file-name order."""
-        return [read_scores_csv(f) for f in self.score_files()]
+        """Every ``scores_<setting>.csv`` of the job, in file-name order; a damaged one (unparsable, a required
+        column missing, labels other than 0/1, scores not numbers) raises a :class:`DataError` naming it."""
+        frames = []
+        for f in self.score_files():
+            fix = (f"the file is damaged: delete it and rerun the same `anomaly-bench run` command to score the job "
+                   f"again (its job.json: {self.meta_path})")
+            try:
+                df = read_scores_csv(f)
+            except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+                raise DataError(f"{f}: cannot read the scores ({type(exc).__name__}: {exc}); {fix}") from None
+            missing = sorted(set(JOB_SCORE_COLUMNS) - set(df.columns))
+            if missing:
+                raise DataError(f"{f}: column(s) {missing} missing; {fix}")
+            if not df["label"].isin([0, 1]).all() or not pd.api.types.is_numeric_dtype(df["score"]):
+                raise DataError(f"{f}: labels other than 0/1 or scores that are not numbers; {fix}")
+            frames.append(df)
+        return frames
 
     def write_selection(self, table: pd.DataFrame) -> None:
         write_csv(self.selection_path, table)
@@ -273,9 +298,13 @@ class RunFolder:
         for jf in self.job_folders():
             try:
                 meta = json.loads(jf.meta_path.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
             except (OSError, ValueError) as exc:
                 if strict:
-                    raise
+                    raise DataError(f"{jf.meta_path}: the job record is damaged or empty ({exc}); rerun the same "
+                                    f"`anomaly-bench run` command to redo the job, or delete its folder "
+                                    f"{jf.path} to leave it out") from None
                 log.warning("skipping %s: %s", jf.meta_path, exc)
                 continue
             meta.setdefault("dataset", jf.path.parents[1].name)

@@ -4,10 +4,10 @@ A method builds its networks and optimisers and supplies a ``training_step(batch
 that differ (f-AnoGAN's two stages, AnomalyPro's critic steps per generator step, GANomaly's discriminator
 re-initialisation, ALAD's EMA) stay in the method's step. :class:`Trainer` owns the rest: the loop, the batch
 samplers (:class:`BatchSampler`, the one resumable sampler), the global RNG state, the resume file and the check
-that it was written with the same settings, the loss log (``losses.csv``; a non-finite loss stops the run), label-free
-selection checkpoints with a per-checkpoint hook, and the progress bar. Also here: a BatchNorm context that uses
-batch statistics without updating the running ones, module-mode and input checks around scoring, RNG and state
-snapshots. PaDiM and PatchCore (no iterative training) keep their own ``fit``.
+that it was written with the same settings (else a restart), the loss log (``losses.csv``; a non-finite loss stops
+the run), label-free selection checkpoints with a per-checkpoint hook, and the progress bar. Also here: a BatchNorm
+context that uses batch statistics without updating the running ones, module-mode and input checks around scoring,
+RNG and state snapshots. PaDiM and PatchCore (no iterative training) keep their own ``fit``.
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ class Trainer:
       more (plain values; saved beside ``state``).
     * Resume: the context's resume file (format :data:`RESUME_FORMAT`) is loaded by :meth:`run` when the method's
       parameters (but those in :data:`RESUME_FREE` and ``resume_free``) and ``arch`` are the ones it was written
-      with, else a :class:`ConfigError` names the differences; a file of another format restarts from scratch. It is
-      written every ``params["resume_every"]`` iterations, at the ``boundaries`` and at the end.
+      with; else (other settings, another format, an unreadable file) training restarts from scratch with a message
+      naming the differences (:meth:`FitContext.restart`). Loss-log rows after the resumed iteration are dropped. It
+      is written every ``params["resume_every"]`` iterations, at the ``boundaries`` and at the end.
     * Loss log: each loss's mean (``log_sums``: its sum) over the iterations since the last row, every
       ``params["log_every"]`` iterations, at the ``boundaries`` and at the end, to ``losses.csv``; a loss missing from
       a window repeats its last value (``log_defaults`` before the first). A non-finite loss stops the run
@@ -221,13 +222,14 @@ class Trainer:
         if st is None:
             return 0
         if st.get("format") != RESUME_FORMAT:
-            log = self.ctx.workdir / "losses.csv"
-            if log.exists():  # its rows would repeat the iterations trained again
-                log.replace(log.with_name("losses.before-restart.csv"))
-            self.ctx.info(f"{self.name}: the resume state in {self.ctx.resume_path} was written by an older version "
-                          f"(another format); training from scratch (old loss log: losses.before-restart.csv)")
+            self.ctx.restart(f"{self.name}: the resume state in {self.ctx.resume_path} was written by an older "
+                             f"version (another format)", aside="resume.pt.old-format")
             return 0
-        self._check_settings(st)
+        changed = self._changed_settings(st)
+        if changed:
+            self.ctx.restart(f"configuration changed since the checkpoint: {changed} (resume state "
+                             f"{self.ctx.resume_path} set aside as resume.pt.stale)")
+            return 0
         for k, v in self.state.items():
             if isinstance(v, torch.Generator):
                 v.set_state(st["trainer"][k])
@@ -242,16 +244,16 @@ class Trainer:
                      for k, vals in st["log"]["window"].items()}
         self.last_row = dict(st["log"]["last_row"])
         it = int(st["iteration"])
+        self.ctx.truncate_losses(it)  # rows logged between this resume state and the kill are trained again
         self.ctx.info(f"{self.name}: resumed from iteration {it}/{self.total} ({self.ctx.resume_path})")
         return it
 
-    def _check_settings(self, st: dict[str, Any]) -> None:
-        """The resume file must have been written with this run's settings and architecture."""
+    def _changed_settings(self, st: dict[str, Any]) -> str:
+        """How the settings and architecture differ from those the resume file was written with ('' if not)."""
         old = {k: v for k, v in st["params"].items() if k not in self.resume_free}
         new = {k: v for k, v in self.method.params.items() if k not in self.resume_free}
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff or st["arch"] != self.arch:
-            what = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff) or \
-                f"architecture {st['arch']} -> {self.arch}"
-            raise ConfigError(f"{self.name}: the resume state in {self.ctx.resume_path} was written with other "
-                              f"settings ({what}); use a fresh work folder or the original settings")
+        what = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff]
+        if st["arch"] != self.arch:
+            what.append(f"architecture {st['arch']} -> {self.arch}")
+        return ", ".join(what)

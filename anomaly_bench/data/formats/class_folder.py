@@ -61,8 +61,16 @@ def scan_classes(card: dict[str, Any], root: Path, extensions: tuple[str, ...] =
     class_dirs: dict[Path, str] = {}
     out: list[tuple[str, str, int, str]] = []
     unknown: list[tuple[Path, int]] = []
+
+    def place(parts: tuple[str, ...]) -> tuple[str | None, str]:
+        hit = [p.lower() for p in parts if p.lower() in label_of]
+        return (hit[-1] if hit else None), next((role_dirs[p.lower()] for p in parts if p.lower() in role_dirs), "")
+
+    check_links = _LinkCheck(root, place, where)
     for d, files in tree.items():
         parts = d.relative_to(root).parts
+        check_links.folder(d, parts)
+        check_links.files(files, place(parts))
         hit = [p.lower() for p in parts if p.lower() in label_of]
         if d != root and parts[-1].lower() in label_of:
             class_dirs[d] = parts[-1]
@@ -95,6 +103,40 @@ def scan_classes(card: dict[str, Any], root: Path, extensions: tuple[str, ...] =
         raise DataError(f"{root}: class(es) {missing} listed in {where} have no images under the root; fix "
                         f"`classes` or the data folder")
     return out
+
+
+class _LinkCheck:
+    """A folder or file reached through a symbolic link must get the class and role its real place in the tree
+    gives: else the same images would count under two classes or roles (or the real folder would be skipped as
+    visited, its images taking the link's class), which is refused naming both paths."""
+
+    def __init__(self, root: Path, place, where: str):
+        self.real_root, self.place, self.where = os.path.realpath(root), place, where
+
+    def _canonical(self, path: str | Path) -> tuple[str, ...] | None:
+        real = os.path.realpath(path)
+        if real != self.real_root and not real.startswith(self.real_root + os.sep):
+            return None  # a link to data outside the root: reached only through the link
+        return Path(os.path.relpath(real, self.real_root)).parts
+
+    def _refuse(self, path: str | Path, real_parts: tuple[str, ...], what: str) -> None:
+        real = Path(self.real_root, *real_parts)
+        raise DataError(f"{path}: this {what} is a symbolic link to {real}, which is also in the data tree under "
+                        f"another class or role folder, so its images would be labelled twice or wrongly; remove "
+                        f"the link (or copy the images where they belong) and fix `classes`/`roles_from_dirs` in "
+                        f"{self.where} if needed")
+
+    def folder(self, d: Path, parts: tuple[str, ...]) -> None:
+        canon = self._canonical(d)
+        if canon is not None and canon != parts and self.place(canon) != self.place(parts):
+            self._refuse(d, canon, "folder (or one above it)")
+
+    def files(self, files: list[str], here: tuple[str | None, str]) -> None:
+        for f in files:
+            if os.path.islink(f):
+                canon = self._canonical(f)
+                if canon is not None and self.place(canon[:-1]) != here:
+                    self._refuse(f, canon, "image file")
 
 
 @register_format("class_folder")

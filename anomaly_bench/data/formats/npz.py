@@ -66,6 +66,51 @@ def _to_gray_array(a: np.ndarray, path: Path, key: str, prep: Preprocessing) -> 
     return out
 
 
+def check_npz_archive(path: Path) -> None:
+    """An npz file is a zip archive of .npy arrays: say what the file is when it is not one."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc})") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: this is a single .npy array renamed .npz, not an npz archive; save the images and "
+                        f"labels with numpy.savez(path, train_images=..., train_labels=...)")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DataError(f"{path}: not an npz archive (a zip of .npy arrays; this file starts with {head!r}); "
+                        f"point the card at the MedMNIST-style .npz file or re-download it")
+
+
+def check_labels(labs: np.ndarray, path: Path, key: str, where: str) -> np.ndarray:
+    """Labels must be finite whole numbers (a class code listed in ``healthy_labels`` or a diseased one)."""
+    if labs.dtype.kind not in "biuf":
+        raise DataError(f"{path}: '{key}' holds {labs.dtype} values, not numbers; labels must be integer class "
+                        f"codes (healthy ones listed in `healthy_labels` in {where}, every other one diseased)")
+    if labs.dtype.kind == "f":
+        bad = np.argwhere(~np.isfinite(labs) | (labs != np.round(labs)))
+        if len(bad):
+            i = tuple(int(v) for v in bad[0])
+            raise DataError(f"{path}: '{key}'[{', '.join(map(str, i))}] is {labs[i]!r}: labels must be integer class "
+                            f"codes (healthy ones listed in `healthy_labels` in {where}, every other one diseased); "
+                            f"fix the labels in the file")
+    return labs
+
+
+def check_pixels(imgs: np.ndarray, path: Path, key: str, min_side: int) -> None:
+    """Finite pixels, and images at least ``min_side`` px wide and high (as for image files)."""
+    if imgs.ndim >= 3 and min(imgs.shape[1:3]) < min_side:
+        raise DataError(f"{path}: '{key}' images are {imgs.shape[2]}x{imgs.shape[1]} px, smaller than the minimum "
+                        f"side of {min_side} px (preprocessing.min_side); use larger images")
+    if imgs.dtype.kind == "f":
+        bad = np.argwhere(~np.isfinite(imgs))
+        if len(bad):
+            i = tuple(int(v) for v in bad[0])
+            raise DataError(f"{path}: '{key}'[{', '.join(map(str, i))}] is {imgs[i]!r} ({len(bad)} non-finite "
+                            f"pixel(s) in all); replace NaN/inf pixels in the file")
+    elif imgs.dtype.kind not in "biu":
+        raise DataError(f"{path}: '{key}' holds {imgs.dtype} values, not pixel numbers")
+
+
 @register_format("npz")
 def load_npz(card: dict[str, Any], root: Path) -> ImageDataset:
     where = card.get("_source", "card")
@@ -81,6 +126,7 @@ def load_npz(card: dict[str, Any], root: Path) -> ImageDataset:
             raise ConfigError(f"{where}: roles_from_splits maps to unknown role(s) {bad}")
     prep = Preprocessing.from_card(card.get("preprocessing"))
     size = card["image_size"]
+    check_npz_archive(path)
     try:
         z = np.load(path, allow_pickle=False)
         keys = set(z.files)
@@ -100,7 +146,8 @@ def load_npz(card: dict[str, Any], root: Path) -> ImageDataset:
             raise DataError(f"{path}: cannot read '{s}_images'/'{s}_labels' ({exc}); re-download the file") from None
         if len(imgs) != len(labs):
             raise DataError(f"{path}: '{s}_images' has {len(imgs)} images but '{s}_labels' {len(labs)} labels")
-        labs = np.asarray(labs)
+        labs = check_labels(np.asarray(labs), path, f"{s}_labels", where)
+        check_pixels(np.asarray(imgs), path, f"{s}_images", prep.min_side)
         if labs.ndim == 2 and labs.shape[1] > 1:  # multi-label (e.g. ChestMNIST): healthy = no finding
             lab = (labs != 0).any(axis=1).astype(np.int64)
             names = ["|".join(map(str, np.flatnonzero(r))) or "none" for r in labs]
