@@ -84,7 +84,7 @@ def test_keyboard_interrupt_still_stops_the_run(tmp_path):
 
 
 def test_batch_size_zero_is_a_config_error_up_front(tmp_path):
-    with pytest.raises(ConfigError, match="batch_size.*at least 1"):
+    with pytest.raises(ConfigError, match="batch_size.*>= 1"):
         Runner(tiny_experiment(methods=[{"name": "autoencoder", "params": {"batch_size": 0}}]), tmp_path / "run",
                progress=False, echo=lambda s: None)
     cfg = tmp_path / "exp.yaml"
@@ -183,6 +183,9 @@ def test_another_experiment_into_a_finished_run_folder_is_refused(tmp_path):
     more_seeds = tiny_experiment(methods=["pixel_knn"], settings=["inductive"], seeds=[0, 1])
     with pytest.raises(BenchError, match=r"differs in: seeds.*adding\s+seeds"):
         Runner(more_seeds, out, progress=False, echo=lambda s: None).run()
+    more_methods = tiny_experiment(methods=["pixel_knn", "autoencoder"], settings=["inductive"])
+    with pytest.raises(BenchError, match=r"differs in: methods"):  # another method set, not just other settings
+        Runner(more_methods, out, progress=False, echo=lambda s: None).run()
     # nothing of the finished run was touched, and the same experiment still resumes (everything skipped)
     assert (out / "experiment.yaml").read_text() == exp_yaml and (out / "table.md").read_text() == table
     lines: list[str] = []

@@ -37,6 +37,14 @@ from anomaly_bench.harness.versions import versions
 from anomaly_bench.reporting.write import build_reports
 
 
+def _method_keys(methods: Any) -> list[str] | None:
+    """The table keys (label, else name) of an experiment dict's methods, in order; None when unreadable."""
+    try:
+        return [str(m.get("label") or m["name"]) for m in methods]
+    except (TypeError, KeyError, AttributeError):
+        return None
+
+
 class Runner(JobRunner):
     """``executor``: ``local`` (jobs one after another here) or ``ray`` (one Ray task per job, connecting to
     ``ray_address`` — ``auto``, ``host:port`` or ``ray://…`` — or, when None, to ``$RAY_ADDRESS`` or a local
@@ -121,11 +129,16 @@ class Runner(JobRunner):
         new = yaml.safe_load(yaml.safe_dump(self.exp.to_dict(), sort_keys=False))
         default = yaml.safe_load(yaml.safe_dump(Experiment().to_dict(), sort_keys=False))
         changed = [k for k in {**old, **new} if old.get(k, default.get(k)) != new.get(k, default.get(k))]
+        if changed == ["methods"] and _method_keys(old.get("methods")) == _method_keys(new.get("methods")):
+            # the same methods with other settings (e.g. a changed lr): each changed job restarts by its fingerprint
+            self.echo("note: method settings differ from this folder's experiment.yaml; jobs whose configuration "
+                      "changed restart from scratch, the others are kept")
+            return
         if changed:
             raise BenchError(f"--out {self.out}: this folder holds the results of another experiment (its "
                              f"{folder.experiment_path.name} differs in: {', '.join(changed)}). Use a new --out, or "
-                             f"rerun the very same experiment to resume it; any difference is refused, adding "
-                             f"seeds, methods or datasets included (run those into a new --out)")
+                             f"rerun the very same experiment to resume it; any difference but a method's settings is "
+                             f"refused, adding seeds, methods or datasets included (run those into a new --out)")
 
     def _run_local(self, planned: list[PlannedJob]) -> list[str]:
         n_jobs, done_times, failures = len(planned), [], []
