@@ -287,6 +287,8 @@ class AnomalyMethod(ABC):
       * ``resources``: likewise, what one job asks a Ray cluster for, per profile name or ``default``:
         ``{"default": {"cpus": 1, "gpus": 0, "memory_gb": 2}}``
         (see :func:`anomaly_bench.core.config.method_resources`).
+      * ``health_loss`` (column(s) of the reconstruction term in losses.csv, or None), ``health_loss_rows`` and
+        ``health_critic_rows`` (column -> value: the rows that count): see :mod:`anomaly_bench.evaluation.health`.
     """
 
     name: ClassVar[str] = ""
@@ -295,6 +297,9 @@ class AnomalyMethod(ABC):
     choices: ClassVar[dict[str, tuple]] = {}
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     resources: ClassVar[dict[str, dict[str, Any]]] = {}
+    health_loss: ClassVar[str | tuple[str, ...] | None] = None
+    health_loss_rows: ClassVar[dict[str, float]] = {}
+    health_critic_rows: ClassVar[dict[str, float]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = self.validate_params(params)

@@ -1,6 +1,8 @@
 """Run one (dataset, method, seed) job into its job folder: fit, score every setting, save the model, the map
 gallery arrays, pixel metrics and (for methods that save checkpoints) the pseudo-AUC selection; record status,
-parameters, timings and memory in ``job.json`` (:class:`anomaly_bench.harness.run_folder.JobFolder`).
+parameters, timings, memory and the training-health evidence (``health``: the final model's reconstructions of the
+held-out healthy images against the mean training image, the loss log's last 20 %; see
+:mod:`anomaly_bench.evaluation.health`) in ``job.json`` (:class:`anomaly_bench.harness.run_folder.JobFolder`).
 
 A job whose ``job.json`` says ``done`` with the same configuration is skipped; a failed job (non-finite loss, out
 of memory, any exception but a configuration error) is recorded with its reason and last good checkpoint.
@@ -25,6 +27,7 @@ from anomaly_bench.core.interface import FitContext, ScoreResult, resolve_device
 from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split
+from anomaly_bench.evaluation.health import job_health
 from anomaly_bench.evaluation.metrics import label_free_threshold, pixel_metrics
 from anomaly_bench.harness.jobs import Job, build_train_sets, restart_if_changed
 from anomaly_bench.harness.selection import select_checkpoint
@@ -130,8 +133,9 @@ class JobRunner:
                 meta["warnings"] = list(ctx.warnings)
             model.save(jf.model_path)
             t0 = time.time()
-            frames, last_test = self._score_settings(model, ds, split, job, "last")
+            frames, last_test, holdout = self._score_settings(model, ds, split, job, "last")
             meta["score_seconds"] = round(time.time() - t0, 2)
+            meta["health"] = self._health(cls, ds, split, holdout, jf)
             self._save_maps(model, ds, split, job)
             meta["pixel_metrics"] = self._pixel_metrics(ds, split, last_test)
             meta["backbone_weights"] = getattr(model, "backbone_weights", None)
@@ -165,8 +169,9 @@ class JobRunner:
         return meta["status"]
 
     def _score_settings(self, model, ds: ImageDataset, split: Split, job: Job, selection: str):
+        """(score frames of every setting, the inductive test ScoreResult, the held-out healthy one or None)."""
         frames, test_result = [], None
-        thr = self._label_free_thresholds(model, ds, split, job.method.key)
+        thr, holdout = self._label_free_thresholds(model, ds, split, job.method.key)
         for setting in self.exp.settings:
             idx = split.indices(SETTING_ROLE[setting])
             if len(idx) == 0:
@@ -181,20 +186,32 @@ class JobRunner:
                 "seed": job.seed, "id": [ds.ids[i] for i in idx], "subject": [ds.subject_ids[i] for i in idx],
                 "cluster": [f"u{split.units[i]}" for i in idx], "label": ds.labels[idx], "score": res.scores,
                 **thr}))
-        return frames, test_result
+        return frames, test_result, holdout
 
-    def _label_free_thresholds(self, model, ds: ImageDataset, split: Split, method: str) -> dict[str, float]:
+    def _label_free_thresholds(self, model, ds: ImageDataset, split: Split, method: str
+                               ) -> tuple[dict[str, float], ScoreResult | None]:
         """The ``holdout_healthy`` thresholds (image and subject-mean scores) from the held-out healthy images
-        alone: no test image, no label (:func:`anomaly_bench.evaluation.metrics.label_free_threshold`)."""
+        alone: no test image, no label (:func:`anomaly_bench.evaluation.metrics.label_free_threshold`); and the
+        ScoreResult of those images (None when there are none)."""
         idx = split.indices("holdout_healthy")
         if len(idx) == 0:
-            return {"threshold": np.nan, "subject_threshold": np.nan}
+            return {"threshold": np.nan, "subject_threshold": np.nan}, None
         res = model.score(ds.images[torch.as_tensor(idx)])
         check_result(res, ds.images.shape, len(idx), method, "held-out healthy images (label-free threshold)")
         h = np.asarray(res.scores, dtype=np.float64)
         q = self.exp.threshold_specificity
         subj = pd.Series(h).groupby(np.asarray([ds.subject_ids[i] for i in idx], dtype=object)).mean()
-        return {"threshold": label_free_threshold(h, q), "subject_threshold": label_free_threshold(subj, q)}
+        return {"threshold": label_free_threshold(h, q), "subject_threshold": label_free_threshold(subj, q)}, res
+
+    def _health(self, cls, ds: ImageDataset, split: Split, holdout: ScoreResult | None, jf) -> dict[str, Any]:
+        """``job.json["health"]``: the final model's reconstructions of the held-out healthy images (the scoring
+        the thresholds already did) against the images and against the mean training image of set B, and the
+        loss log (:func:`anomaly_bench.evaluation.health.job_health`)."""
+        idx = split.indices("holdout_healthy")
+        mean_image = ds.images[torch.as_tensor(split.indices("healthy"))].double().mean(0)
+        return job_health(ds.images[torch.as_tensor(idx)], None if holdout is None else holdout.reconstructions,
+                          mean_image, jf.read_losses(), health_loss=cls.health_loss,
+                          health_rows=cls.health_loss_rows, critic_rows=cls.health_critic_rows)
 
     def _select(self, model, ds, split, job: Job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
         hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")
@@ -208,7 +225,7 @@ class JobRunner:
         meta["selection"] = {"rule": "max pseudo-AUC on held-out A vs B", "best_iteration": sel.best_iteration,
                              "n_checkpoints": len(sel.table), "table": job.folder.selection_path.name,
                              "note": "oracle_test_auc in selection.csv is for analysis only; never used to select"}
-        frames, _ = self._score_settings(model, ds, split, job, "aucp")
+        frames, _, _ = self._score_settings(model, ds, split, job, "aucp")
         return frames
 
     def _save_maps(self, model, ds: ImageDataset, split: Split, job: Job) -> None:

@@ -3,7 +3,9 @@
 For each checkpoint a method saved during ``fit``, score the held-out parts of mixed set A and healthy
 set B that no method trained on; AUCp = ROC AUC with A as positives and B as negatives. It needs no
 labels: A simply contains some diseased images, B none, so a better detector ranks A above B more often.
-The checkpoint with the highest AUCp is kept (ties: the later one).
+The checkpoint with the highest AUCp is kept (ties: the later one). The same held-out healthy scoring gives each
+checkpoint's training-health columns (``healthy_mae``, ``healthy_psnr``, ``healthy_ssim``: its reconstructions of
+those images against the images, :mod:`anomaly_bench.evaluation.health`; NaN for a method without reconstructions).
 
 The released Brainomaly code computes its AUCp on the *test* folders; that reads test data for model
 selection and is not done here. Test AUC per checkpoint is recorded only as an ``oracle`` column for
@@ -22,11 +24,12 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.core.interface import AnomalyMethod
+from anomaly_bench.evaluation.health import image_quality, nan_quality
 
 
 @dataclass
 class SelectionResult:
-    table: pd.DataFrame  # iteration, checkpoint, aucp, oracle_test_auc
+    table: pd.DataFrame  # iteration, checkpoint, aucp, oracle_test_auc, healthy_mae, healthy_psnr, healthy_ssim
     best_iteration: int
     best_checkpoint: Path
 
@@ -50,13 +53,18 @@ def select_checkpoint(method: AnomalyMethod, checkpoints: list[tuple[int, Path]]
     rows = []
     for it, path in checkpoints:
         method.load_checkpoint(path)
-        aucp = pseudo_auc(method.score(holdout_mixed).scores, method.score(holdout_healthy).scores)
+        mixed = method.score(holdout_mixed)  # A first, then B: the order scoring always had
+        healthy = method.score(holdout_healthy)
+        aucp = pseudo_auc(mixed.scores, healthy.scores)
+        rec = healthy.reconstructions
+        quality = nan_quality() if rec is None else image_quality(rec, holdout_healthy)
         oracle = float("nan")
         if oracle_images is not None and oracle_labels is not None and len(set(oracle_labels.tolist())) == 2:
             s = method.score(oracle_images).scores
             if np.all(np.isfinite(s)):
                 oracle = float(roc_auc_score(oracle_labels, s))
-        rows.append({"iteration": it, "checkpoint": str(path), "aucp": aucp, "oracle_test_auc": oracle})
+        rows.append({"iteration": it, "checkpoint": str(path), "aucp": aucp, "oracle_test_auc": oracle,
+                     **{f"healthy_{k}": v for k, v in quality.items()}})
     table = pd.DataFrame(rows)
     valid = table[np.isfinite(table["aucp"])]
     if valid.empty:

@@ -100,6 +100,7 @@ class ALAD(AnomalyMethod):
     """ALAD (Zenati et al., ICDM 2018). See the module docstring for code-faithfulness and deviations."""
 
     default_train_sets = "healthy"
+    health_loss = "cost_x"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {
         "epochs": 100,            # not published (code: --nb_epochs, default 0, + early stopping); fixed budget
         "iterations": 0,          # > 0 overrides epochs (one iteration = one D step + one G/E step)

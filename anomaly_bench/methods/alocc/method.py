@@ -77,6 +77,7 @@ class ALOCC(AnomalyMethod):
     """ALOCC (Sabokrou et al., CVPR 2018). See the module docstring for code-faithfulness and deviations."""
 
     default_train_sets = "healthy"
+    health_loss = "r_refine"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {
         "epochs": 40,
         "iterations": 0,                     # > 0 overrides epochs (one iteration = 1 D step + r_steps R steps)

@@ -22,6 +22,7 @@ class Autoencoder(AnomalyMethod):
     """Convolutional autoencoder trained on healthy set B (see module docstring)."""
 
     default_train_sets = "healthy"
+    health_loss = "recon"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {"width": 32, "depth": 4, "latent_channels": 64, "iterations": 2000, "batch_size": 32,
                 "lr": 1.0e-3, "loss": "l2", "score_norm": "l1", "log_every": 50, "checkpoint_every": 0,
                 "resume_every": 200}

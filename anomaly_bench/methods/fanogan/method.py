@@ -74,6 +74,9 @@ class FAnoGAN(AnomalyMethod):
     """
 
     default_train_sets = "healthy"
+    health_loss = "enc_loss"  # its reconstruction/translation term in losses.csv (training-health check)
+    health_loss_rows = {"stage": 2.0}  # the encoder stage
+    health_critic_rows = {"stage": 1.0}  # the WGAN stage (wdist)
     defaults = {
         "dim": 64,                  # model width (authors' DIM); smaller for CPU
         "z_dim": 128,               # ZDIM

@@ -69,6 +69,7 @@ class GANomaly(AnomalyMethod):
     """
 
     default_train_sets = "healthy"
+    health_loss = "g_con"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {
         "epochs": 15,
         "batch_size": 64,

@@ -75,6 +75,7 @@ class MedAIAnomalyPro(AnomalyMethod):
     the authors' code, where we deviate, and the flags offering the authors' behaviour."""
 
     default_train_sets = "mixed+healthy"
+    health_loss = ("g_rec", "g_id")  # training-health check: reconstruction of A (g_id: the additive head)
     defaults = {
         # schedule (HealthyGAN train_covid.sh / main.py)
         "iterations": 400000, "batch_size": 16, "g_lr": 1.0e-4, "d_lr": 1.0e-4, "beta1": 0.5, "beta2": 0.999,

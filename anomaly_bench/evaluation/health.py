@@ -1,0 +1,225 @@
+"""Training-health evidence of one job (issue 20): is the model trained, or is it still a flat grey guess?
+
+Pure functions, no files: the harness (:mod:`anomaly_bench.harness.job_runner`) calls :func:`job_health` with
+the held-out healthy images, the final model's reconstructions of them, the mean training image and the loss log.
+
+* Image quality of ``[-1, 1]`` images (``data range`` 2): :func:`mae`, :func:`psnr` (per image, then the mean)
+  and :func:`ssim` (Wang et al. 2004: 11×11 Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03, population
+  (co)variances, the mean over the window positions that fit in the image; the same number as
+  ``skimage.metrics.structural_similarity(x, y, data_range=2, gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False)``).
+* The **baseline** is the mean training image (of the healthy set B the job trained on) predicted for every
+  held-out image: a model whose reconstructions are no better than that has learnt nothing image-specific.
+* :func:`loss_fall`: the relative fall of a loss over the last 20 % of its logged iterations: a least-squares line
+  through the logged values in that window, fall = −slope × window span / |mean value in the window| (positive:
+  still falling).
+
+Flag rule (:func:`health_flags`): a job is **under-trained** when its held-out healthy reconstruction MAE is not
+below :data:`MAX_MAE_RATIO` (0.7) × the mean-image MAE, or when its main loss still falls by more than
+:data:`MAX_LOSS_FALL` (10 %) over the last 20 % of training. A method without reconstructions is judged on the loss
+rule alone; one without a loss log (PaDiM, PatchCore: no training loop) is not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+#: under-trained when the final healthy reconstruction MAE / mean-training-image MAE is not below this
+MAX_MAE_RATIO = 0.7
+#: under-trained when the main loss still falls by more than this fraction over the last :data:`WINDOW` of training
+MAX_LOSS_FALL = 0.10
+#: the fraction of the logged iterations the loss-fall and critic-gap windows cover (the last 20 %)
+WINDOW = 0.2
+#: the flag names recorded in ``job.json["health"]["flags"]``
+FLAG_MAE = f"mae_ratio>={MAX_MAE_RATIO:g}"
+FLAG_LOSS = f"loss_fall>{MAX_LOSS_FALL:g}"
+#: loss-log columns reported as their mean over the last 20 % when a method logs them (MedAI AnomalyPro's masks on
+#: A and B, its identity term)
+EXTRA_COLUMNS = ("mask_a_mean", "mask_b_mean", "g_id")
+DATA_RANGE = 2.0
+SSIM_SIGMA, SSIM_RADIUS, SSIM_K1, SSIM_K2 = 1.5, 5, 0.01, 0.03
+MIN_PSNR_MSE = 1e-10  # a perfect reconstruction gives 106 dB, not infinity (job.json is plain JSON)
+
+
+def _as_images(x: Any) -> np.ndarray:
+    """``(N, H, W)`` float64 from ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` arrays or tensors."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a.astype(np.float64)
+    if a.ndim == 4:
+        a = a[:, 0]
+    return a[None] if a.ndim == 2 else a
+
+
+def mae(x: Any, y: Any) -> float:
+    """Mean absolute error over every pixel of every image."""
+    return float(np.abs(_as_images(x) - _as_images(y)).mean())
+
+
+def psnr(x: Any, y: Any, data_range: float = DATA_RANGE) -> float:
+    """Mean over images of 10·log10(data_range² / MSE) (dB; the MSE floored at 1e-10)."""
+    a, b = _as_images(x), _as_images(y)
+    mse = np.maximum(((a - b) ** 2).reshape(len(a), -1).mean(1), MIN_PSNR_MSE)
+    return float(np.mean(10 * np.log10(data_range**2 / mse)))
+
+
+def _gaussian_kernel() -> torch.Tensor:
+    t = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    k = torch.exp(-(t**2) / (2 * SSIM_SIGMA**2))
+    return k / k.sum()
+
+
+def ssim_per_image(x: Any, y: Any, data_range: float = DATA_RANGE) -> np.ndarray:
+    """SSIM of each image pair (see the module docstring); NaN for images smaller than the 11×11 window."""
+    a, b = (torch.from_numpy(_as_images(v))[:, None] for v in (x, y))
+    if a.shape[-1] < 2 * SSIM_RADIUS + 1 or a.shape[-2] < 2 * SSIM_RADIUS + 1:
+        return np.full(len(a), np.nan)
+    k = _gaussian_kernel()
+    kh, kw = k.view(1, 1, -1, 1), k.view(1, 1, 1, -1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian, valid positions only
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(t, kh), kw)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1).numpy()
+
+
+def ssim(x: Any, y: Any, data_range: float = DATA_RANGE) -> float:
+    """Mean SSIM over the image pairs."""
+    return float(np.mean(ssim_per_image(x, y, data_range)))
+
+
+def image_quality(recon: Any, images: Any) -> dict[str, float]:
+    """``{mae, psnr, ssim}`` of reconstructions against their inputs."""
+    return {"mae": mae(recon, images), "psnr": psnr(recon, images), "ssim": ssim(recon, images)}
+
+
+def nan_quality() -> dict[str, float]:
+    return {"mae": math.nan, "psnr": math.nan, "ssim": math.nan}
+
+
+# ------------------------------------------------------------------------------------------------ loss log
+def window(iterations: Any, frac: float = WINDOW, min_points: int = 3) -> tuple[np.ndarray, float]:
+    """(mask of the rows in the last ``frac`` of the logged iteration range, that window's span in iterations).
+    The span is ``frac`` × (last − first logged iteration); when fewer than ``min_points`` rows fall in it, the last
+    ``min_points`` rows are used (the span stays ``frac`` of the range, so the fall is still per 20 % of training)."""
+    it = np.asarray(iterations, dtype=np.float64)
+    if len(it) == 0:
+        return np.zeros(0, dtype=bool), 0.0
+    span = frac * (it.max() - it.min())
+    mask = it >= it.max() - span
+    if mask.sum() < min_points:
+        mask = np.zeros(len(it), dtype=bool)
+        mask[np.argsort(it, kind="stable")[-min_points:]] = True
+    return mask, float(span)
+
+
+def loss_fall(iterations: Any, values: Any, frac: float = WINDOW) -> float | None:
+    """Relative fall of a loss over the last ``frac`` of its logged iterations: fit a least-squares line to the
+    values in that window (:func:`window`); fall = −slope × span / |mean value in the window|. Positive: still
+    falling; ≈ 0: flat. None with fewer than 3 finite rows or a zero mean."""
+    it, v = np.asarray(iterations, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(it) & np.isfinite(v)
+    it, v = it[ok], v[ok]
+    if len(it) < 3 or it.max() == it.min():
+        return None
+    mask, span = window(it, frac)
+    x, y = it[mask], v[mask]
+    level = abs(float(y.mean()))
+    if len(x) < 2 or x.max() == x.min() or level == 0:
+        return None
+    slope = float(np.polyfit(x, y, 1)[0])
+    return -slope * span / level
+
+
+def _rows(losses, where: dict[str, float] | None):
+    """The loss-log rows matching ``where`` (column -> value), sorted by iteration."""
+    df = losses
+    for col, val in (where or {}).items():
+        if col in df.columns:
+            df = df[np.isclose(df[col].astype(float), float(val))]
+    return df.sort_values("iteration", kind="stable")
+
+
+def main_loss_column(losses, health_loss: str | tuple[str, ...] | None) -> str | None:
+    """The first of the method's ``health_loss`` name(s) that the loss log has (None: no loss check)."""
+    names = (health_loss,) if isinstance(health_loss, str) else tuple(health_loss or ())
+    return next((n for n in names if losses is not None and n in losses.columns), None)
+
+
+def critic_gap(losses, where: dict[str, float] | None = None) -> float | None:
+    """Mean of ``d_real − d_fake`` (or of ``wdist``) over the last 20 % of the logged rows (``where``: those of
+    the critic's stage); None when the method logs neither."""
+    if losses is None:
+        return None
+    df = _rows(losses, where)
+    if {"d_real", "d_fake"} <= set(df.columns):
+        gap = df["d_real"].astype(float) - df["d_fake"].astype(float)
+    elif "wdist" in df.columns:
+        gap = df["wdist"].astype(float)
+    else:
+        return None
+    if len(df) == 0:
+        return None
+    mask, _ = window(df["iteration"].to_numpy())
+    return float(np.nanmean(gap.to_numpy()[mask]))
+
+
+def health_flags(mae_ratio: float | None, fall: float | None) -> list[str]:
+    """Which rule says under-trained: :data:`FLAG_MAE` when ``mae_ratio`` ≥ :data:`MAX_MAE_RATIO`,
+    :data:`FLAG_LOSS` when the main loss still falls by more than :data:`MAX_LOSS_FALL`."""
+    flags = []
+    if mae_ratio is not None and np.isfinite(mae_ratio) and mae_ratio >= MAX_MAE_RATIO:
+        flags.append(FLAG_MAE)
+    if fall is not None and np.isfinite(fall) and fall > MAX_LOSS_FALL:
+        flags.append(FLAG_LOSS)
+    return flags
+
+
+def _clean(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=None,
+               health_rows: dict[str, float] | None = None,
+               critic_rows: dict[str, float] | None = None) -> dict[str, Any]:
+    """``job.json["health"]`` of one job: ``images`` the held-out healthy images, ``recon`` the final model's
+    reconstructions of them (None: the method has none), ``mean_image`` the mean training image, ``losses`` the
+    loss log (a DataFrame with ``iteration``; None: no training loop → ``{"not_iterative": True}``).
+    ``health_loss``/``health_rows``/``critic_rows``: the method's main loss column(s) and the rows that count."""
+    if losses is None or "iteration" not in losses.columns or len(losses) == 0:
+        return {"not_iterative": True}
+    imgs = _as_images(images)
+    base = image_quality(np.broadcast_to(_as_images(mean_image)[0], imgs.shape), imgs) if len(imgs) else None
+    final = image_quality(recon, imgs) if recon is not None and len(imgs) else None
+    ratio = None
+    if final is not None and base is not None and base["mae"] > 0:
+        ratio = final["mae"] / base["mae"]
+    name = main_loss_column(losses, health_loss)
+    fall = None
+    if name is not None:
+        rows = _rows(losses, health_rows)
+        fall = loss_fall(rows["iteration"].to_numpy(), rows[name].to_numpy())
+    flags = health_flags(ratio, fall)
+    out: dict[str, Any] = {
+        "final": None if final is None else {k: _clean(v) for k, v in final.items()},
+        "mean_image": None if base is None else {k: _clean(v) for k, v in base.items()},
+        "mae_ratio": _clean(ratio), "main_loss": name, "loss_fall_last20": _clean(fall),
+        "critic_gap": _clean(critic_gap(losses, critic_rows)),
+    }
+    last = window(losses["iteration"].to_numpy())[0]
+    for col in EXTRA_COLUMNS:
+        if col in losses.columns:
+            out[col] = _clean(float(np.nanmean(losses[col].astype(float).to_numpy()[last])))
+    out.update(flags=flags, under_trained=bool(flags),
+               rule={"max_mae_ratio": MAX_MAE_RATIO, "max_loss_fall": MAX_LOSS_FALL, "window": WINDOW},
+               loss_rows=dict(health_rows or {}), critic_rows=dict(critic_rows or {}))
+    return out
