@@ -13,6 +13,8 @@ from typing import Any
 
 from anomaly_bench.harness.run_folder import RunFolder
 from anomaly_bench.reporting.figures import gallery_problems
+from anomaly_bench.reporting.health import HEADERS as HEALTH_HEADERS
+from anomaly_bench.reporting.health import health_explanation, health_tables
 from anomaly_bench.reporting.inputs import read_jobs, rule_from_experiment, split_by_selection
 from anomaly_bench.reporting.notes import data_note_summary, data_notes
 from anomaly_bench.reporting.tables import (
@@ -141,12 +143,21 @@ def _figures_html(paths: list[Path]) -> str:
     out = []
     for data, names in seen.items():
         kind = {"roc": "ROC curves", "pr": "Precision–recall curves", "scores": "Score distributions",
-                "maps": "Anomaly-map gallery"}[names[0].split("_", 1)[0]]
+                "maps": "Anomaly-map gallery", "losses": "Training loss curves"}[names[0].split("_", 1)[0]]
         b64 = base64.b64encode(data).decode("ascii")
         out.append(f'<figure><img alt="{_esc(names[0])}" src="data:image/png;base64,{b64}">'
                    f"<figcaption>{_esc(kind)}: {_esc(' = '.join(names))}</figcaption></figure>")
     return "\n".join(out)
 
+
+
+def _health_html(jobs: list[dict]) -> str:
+    parts = []
+    for ds, rows in health_tables(jobs):
+        parts += [f"<h3>{_esc(ds)}</h3>", _table_html(HEALTH_HEADERS, [[(c, False) for c in r] for r in rows])]
+    if not parts:
+        return "<p>No finished jobs.</p>"
+    return "\n".join(parts + [f'<p class="notes">{_esc(health_explanation())}</p>'])
 
 
 def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_boot: int = 1000,
@@ -169,13 +180,15 @@ def write_html_report(run_dir: str | Path, tables: Tables | None = None, *, n_bo
         selection = rule_from_experiment(run_dir, "selection") or "last"
         metrics, scores, _, _ = split_by_selection(metrics, scores, selection)
         tables = build_tables(metrics, scores, jobs=jobs, reference_method=reference_method, n_boot=n_boot,
-                              threshold_rule=rule, reference_selection=selection, selection_rule=selection)
+                              threshold_rule=rule, reference_selection=selection, selection_rule=selection,
+                              profile=rule_from_experiment(run_dir, "profile"))
     figs = folder.figures()
     skipped = gallery_problems(run_dir)
     gallery_note = ("<p><b>Left out of the map gallery</b> (inconsistent maps.npz):</p><ul>"
                     + "".join(f"<li>{_esc(p)}</li>" for p in skipped) + "</ul>") if skipped else ""
     body = [f"<h1>anomaly-bench report: {_esc(run_dir.name)}</h1>",
             "<h2>Results</h2>", _tables_html(tables),
+            "<h2>Training health</h2>", _health_html(jobs),
             "<h2>Figures</h2>", _figures_html(figs) or "<p>No figures.</p>", gallery_note,
             "<h2>Jobs</h2>", _jobs_html(jobs) or "<p>No job.json files.</p>",
             "<h2>Data</h2>", _data_html(run_dir) or "<p>No run.json in this run folder.</p>",

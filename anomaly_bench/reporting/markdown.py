@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from anomaly_bench.reporting.health import HEALTH_MARK
 from anomaly_bench.reporting.tables import DAGGER, PAPER_HEADERS, Block, Tables, paper_rows, row_empty
 
 
@@ -33,11 +34,12 @@ def to_markdown(tables: Tables, title: str = "Results") -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", DAGGER: r"$^\dagger$", "<": r"$<$", ">": r"$>$", "≥": r"$\geq$",
-                  "≈": r"$\approx$", "−": "-", "–": "--"}
+                  "≈": r"$\approx$", "−": "-", "–": "--", HEALTH_MARK: r"$^\flat$", "×": r"$\times$",
+                  "σ": r"$\sigma$"}
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX specials (underscores etc.) and map ±, †, <, ≥ to math."""
+    """Escape LaTeX specials (underscores etc.); map ±, †, <, ≥ to math, the under-trained mark ⚑ to a flat."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
@@ -108,5 +110,9 @@ def paper_latex(tables: Tables) -> str:
            "\\begin{tabular}{llccc}", "\\toprule", " & ".join(latex_escape(h) for h in PAPER_HEADERS) + " \\\\",
            "\\midrule"]
     out += [" & ".join(latex_escape(c) for c in row) + " \\\\" for row in paper_rows(tables)]
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    out += ["\\bottomrule", "\\end{tabular}"]
+    marks = " ".join(latex_escape(n) for n in tables.notes if n.startswith(HEALTH_MARK))
+    if marks:
+        out.append(f"\\par\\vspace{{2pt}}\\parbox{{\\linewidth}}{{\\footnotesize {marks}}}")
+    out += ["\\end{table}", ""]
     return "\n".join(out)

@@ -21,6 +21,10 @@ Conventions (stated again in the notes under every table):
   the same resampled images for both rows), two-sided, Holm-corrected over every p of the main table (all
   blocks together). DeLong's test is no longer in the table (it compared one seed only).
 
+Training health (:mod:`anomaly_bench.reporting.health`): the AUC cells of a method flagged under-trained in any
+seed of a dataset carry ⚑ (main table and paper layout), explained in a note with the count of seeds; runs of the
+``ci``/``smoke`` profiles get a note that their numbers are a regression/smoke signal.
+
 The seed paper's Table 1 layout (method, dataset, AUC, precision/specificity, F1) is ``Tables.paper``
 (``table_paper.*``).
 """
@@ -34,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_bench.evaluation.stats import bootstrap_mean_auc_ci, holm, paired_mean_auc_test
+from anomaly_bench.reporting.health import flagged, health_notes, mark_blocks, mark_paper
 from anomaly_bench.reporting.inputs import level_arrays, normalise_metrics, normalise_scores, ordered_unique, scores_of
 from anomaly_bench.reporting.summary import (  # noqa: F401  (re-exported: the renderers import them from here)
     DAGGER,
@@ -115,9 +120,11 @@ def primary_setting(settings: list[str]) -> str:
 def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None, *, jobs: list[dict] | None = None,
                  reference_method: str | None = DEFAULT_REFERENCE, reference_selection: str = "last",
                  n_boot: int = 1000, alpha: float = 0.05, boot_seed: int = 0,
-                 threshold_rule: str | float | None = None, selection_rule: str | None = None) -> Tables:
+                 threshold_rule: str | float | None = None, selection_rule: str | None = None,
+                 profile: str | None = None) -> Tables:
     """All table content of a run (no files written); see the module docstring for the conventions.
-    ``selection_rule``: the checkpoint rule these rows were restricted to (stated in the notes), or None."""
+    ``selection_rule``: the checkpoint rule these rows were restricted to (stated in the notes), or None.
+    ``profile``: the run's profile (with the jobs' own profiles: the reduced-budget note)."""
     metrics = normalise_metrics(metrics_df)
     if jobs:
         metrics = add_failed_jobs(metrics, jobs)
@@ -157,10 +164,13 @@ def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None
                     _mark_not_on_a(block, row_keys, not_on_a)
                 blocks.append(block)
     _holm_over_table(blocks, ref_label)
+    marks = flagged(jobs)
+    mark_blocks(blocks, row_keys, marks)
 
     marked = any(NOT_ON_A in c.text for b in blocks for cells in b.cells.values() for c in cells.values())
     notes = table_notes(blocks, ref_label, n_boot, alpha, threshold_rule, full, selection_rule, marked)
-    paper = _paper_table(full, rows, datasets)
+    notes += health_notes(marks, {str(p) for p in [profile, *(j.get("profile") for j in jobs or [])] if p})
+    paper = mark_paper(_paper_table(full, rows, datasets), row_keys, marks)
     return Tables(blocks=blocks, rows=rows, notes=notes, paper=paper, full=full, reference=ref_label,
                   row_keys=row_keys)
 

@@ -18,6 +18,7 @@ from anomaly_bench.core.errors import BenchError
 from anomaly_bench.evaluation.metrics import compute_metrics
 from anomaly_bench.harness.run_folder import RunFolder
 from anomaly_bench.reporting.figures import write_figures
+from anomaly_bench.reporting.health import health_markdown
 from anomaly_bench.reporting.html import write_html_report
 from anomaly_bench.reporting.inputs import (
     normalise_metrics,
@@ -26,6 +27,7 @@ from anomaly_bench.reporting.inputs import (
     rule_from_experiment,
     split_by_selection,
 )
+from anomaly_bench.reporting.loss_curves import write_loss_figures
 from anomaly_bench.reporting.markdown import paper_latex, paper_markdown, to_latex, to_markdown
 from anomaly_bench.reporting.notes import data_notes, data_notes_markdown
 from anomaly_bench.reporting.tables import DEFAULT_REFERENCE, build_tables
@@ -40,7 +42,8 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
                   n_boot: int = 1000, alpha: float = 0.05, boot_seed: int = 0,
                   threshold_rule: str | float | None = None, selection: str | None = None, plots: bool = True,
                   html: bool = True, n_gallery: int = 6) -> dict[str, Path]:
-    """Write metrics.csv, table.{md,tex}, table_paper.{md,tex,csv}, table_full.csv, figures and report.html.
+    """Write metrics.csv, table.{md,tex} (table.md with its Training health section), table_paper.{md,tex,csv},
+    table_full.csv, figures (with the loss curves) and report.html.
 
     ``metrics_df`` defaults to ``compute_metrics(scores_df, threshold_rule)``; ``scores_df`` to
     ``run_dir/scores.csv``; ``threshold_rule`` (only used for that and the table note) to the run's
@@ -66,7 +69,7 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     selection = selection or rule_from_experiment(run_dir, "selection") or reference_selection
     main_m, main_s, other_m, other_s = split_by_selection(normalise_metrics(metrics_df), scores_df, selection)
     kw = dict(jobs=jobs, reference_method=reference_method, n_boot=n_boot, alpha=alpha, boot_seed=boot_seed,
-              threshold_rule=threshold_rule)
+              threshold_rule=threshold_rule, profile=rule_from_experiment(run_dir, "profile"))
     tables = build_tables(main_m, main_s, reference_selection=selection, selection_rule=selection, **kw)
     written: dict[str, Path] = {}
 
@@ -77,7 +80,9 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     written[folder.metrics_path.name] = folder.metrics_path
     title = f"Results: {run_dir.name}"
     notes = data_notes_markdown(data_notes(run_dir))
-    put("table.md", to_markdown(tables, title).rstrip("\n") + ("\n\n" + notes if notes else "\n"))
+    health = health_markdown(jobs)
+    put("table.md", to_markdown(tables, title).rstrip("\n") + ("\n\n" + health.rstrip("\n") if health else "")
+        + ("\n\n" + notes if notes else "\n"))
     other_path = folder.file(OTHER_SELECTION_TABLE)
     if len(other_m):
         in_other = set(other_m["method"])
@@ -95,6 +100,7 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     written["table_full.csv"] = folder.write_csv("table_full.csv", tables.full)
     if plots:
         written.update(write_figures(run_dir, tables, normalise_scores(scores_df), n_gallery=n_gallery))
+        written.update(write_loss_figures(run_dir))
     if html:
         written["report.html"] = write_html_report(run_dir, tables=tables)
     return written
