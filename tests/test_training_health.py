@@ -110,3 +110,99 @@ def test_critic_gap_from_d_real_and_d_fake():
     df = _losses(d_real=np.linspace(0, 1, 50), d_fake=np.zeros(50))
     assert critic_gap(df) == pytest.approx(np.linspace(0, 1, 50)[-10:].mean())
     assert critic_gap(_losses(recon=np.ones(50))) is None
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def undertrained_run(tmp_path_factory):
+    """A 20-iteration autoencoder (loss still falling fast, reconstructions worse than the mean image) beside
+    pixel_knn (no training loop) on the tiny phantom."""
+    from anomaly_bench.harness.runner import Runner
+    from test_runner import tiny_experiment
+
+    out = tmp_path_factory.mktemp("health") / "run"
+    exp = tiny_experiment(settings=["inductive"], methods=[
+        {"name": "autoencoder", "params": {"iterations": 20, "checkpoint_every": 10, "log_every": 2}}, "pixel_knn"])
+    Runner(exp, out, progress=False, echo=lambda s: None).run()
+    return out
+
+
+def _job(out, method):
+    return json.loads((out / f"jobs/tiny/{method}/seed0/job.json").read_text())
+
+
+def test_undertrained_job_is_recorded_and_marked_in_every_table(undertrained_run):
+    out = undertrained_run
+    h = _job(out, "autoencoder")["health"]
+    assert h["under_trained"] is True and h["main_loss"] == "recon"
+    assert FLAG_MAE in h["flags"] and h["mae_ratio"] >= MAX_MAE_RATIO
+    assert h["final"]["mae"] == pytest.approx(h["mae_ratio"] * h["mean_image"]["mae"], rel=1e-4)
+    assert h["loss_fall_last20"] is not None and h["critic_gap"] is None
+    assert _job(out, "pixel_knn")["health"] == {"not_iterative": True}
+    # selection.csv: the same healthy scoring per checkpoint; its last checkpoint is the final model
+    sel = pd.read_csv(out / "jobs/tiny/autoencoder/seed0/selection.csv")
+    assert {"healthy_mae", "healthy_psnr", "healthy_ssim"} <= set(sel.columns)
+    assert sel["healthy_mae"].iloc[-1] == pytest.approx(h["final"]["mae"], rel=1e-4)
+    assert sel["healthy_ssim"].iloc[-1] == pytest.approx(h["final"]["ssim"], rel=1e-4)
+
+    table = (out / "table.md").read_text()
+    main = table.split("Notes:")[0]
+    ae_rows = [ln for ln in main.splitlines() if ln.startswith("| autoencoder |")]
+    knn_rows = [ln for ln in main.splitlines() if ln.startswith("| pixel_knn |")]
+    assert ae_rows and all(ln.split("|")[2].strip().endswith("⚑") for ln in ae_rows)  # the AUC column
+    assert knn_rows and not any("⚑" in ln for ln in knn_rows)
+    assert "⚑: under-trained in k of n seeds" in table and "autoencoder on tiny: 1 of 1 seeds" in table
+    assert "Profile `smoke`" in table and "not the methods' accuracy" in table
+    section = table.split("## Training health: tiny")[1]
+    assert "| autoencoder | 1 | 1 of 1 ⚑ |" in section and "| pixel_knn | 1 | not iterative |" in section
+    assert FLAG_MAE in section
+    paper = (out / "table_paper.md").read_text()
+    assert any(ln.startswith("| autoencoder |") and "⚑" in ln.split("|")[3] for ln in paper.splitlines())
+    tex, paper_tex = (out / "table.tex").read_text(), (out / "table_paper.tex").read_text()
+    assert "$^\\flat$" in tex and "$^\\flat$" in paper_tex and "⚑" not in tex + paper_tex
+    html = (out / "report.html").read_text()
+    assert "<h2>Training health</h2>" in html and "⚑" in html and "Training loss curves" in html
+    assert (out / "losses_tiny.png").is_file()
+
+
+def test_old_job_json_without_health_still_reports(undertrained_run, tmp_path):
+    import shutil
+
+    from anomaly_bench.reporting.write import build_reports
+
+    out = tmp_path / "old"
+    shutil.copytree(undertrained_run, out)
+    for method in ("autoencoder", "pixel_knn"):
+        path = out / f"jobs/tiny/{method}/seed0/job.json"
+        meta = json.loads(path.read_text())
+        del meta["health"]
+        path.write_text(json.dumps(meta))
+    (out / "losses_tiny.png").unlink()
+    build_reports(out)
+    table = (out / "table.md").read_text()
+    assert "⚑" not in table and "not recorded (earlier version)" in table
+    assert "Profile `smoke`" in table  # the profile note does not need the health records
+    assert "⚑" not in (out / "table_paper.md").read_text() + (out / "report.html").read_text()
+    assert not (out / "losses_tiny.png").exists()
+
+
+def test_mark_counts_seeds_per_dataset_and_keeps_the_bold_contest():
+    """Flagged in 1 of 2 seeds on one dataset: that dataset's AUC cells carry the mark (bold unchanged), the other
+    dataset's do not, and the note gives the count."""
+    from anomaly_bench.reporting.tables import build_tables
+
+    rows = [(ds, "inductive", m, "last", seed, "image", "auc", v) for ds in ("d1", "d2")
+            for m, v in (("gan", 0.9), ("ae", 0.6)) for seed in (0, 1)]
+    metrics = pd.DataFrame(rows, columns=["dataset", "setting", "method", "selection", "seed", "level", "metric",
+                                          "value"])
+    health = {"under_trained": True, "flags": [FLAG_LOSS]}
+    jobs = [{"dataset": ds, "method": m, "seed": s, "status": "done", "profile": "paper",
+             "health": health if (ds, m, s) == ("d1", "gan", 1) else {"under_trained": False, "flags": []}}
+            for ds in ("d1", "d2") for m in ("gan", "ae") for s in (0, 1)]
+    t = build_tables(metrics, jobs=jobs, reference_method=None)
+    by_ds = {b.dataset: b for b in t.blocks}
+    assert by_ds["d1"].cells["gan"]["auc"].text == "0.900 ± 0.000 ⚑" and by_ds["d1"].cells["gan"]["auc"].bold
+    assert "⚑" not in by_ds["d2"].cells["gan"]["auc"].text and "⚑" not in by_ds["d1"].cells["ae"]["auc"].text
+    assert any("gan on d1: 1 of 2 seeds" in n for n in t.notes)
+    assert not any("Profile" in n for n in t.notes)  # a paper-profile run gets no reduced-budget note
+    assert t.paper.set_index(["method", "dataset"]).at[("gan", "d1"), "auc_cell"].endswith("⚑")

@@ -69,10 +69,11 @@ def write_loss_figures(run_dir: str | Path) -> dict[str, Path]:
                 ax = fig.add_subplot(nrows, cols, i + 1)
                 ax2 = None
                 for k, (seed, _name, main, gap, _under) in enumerate(curves):
-                    ax.plot(main.index, main.to_numpy(), color=colors[k % 10], lw=1.2, label=f"seed {seed}")
+                    ax.plot(main.index, main.to_numpy(), color=colors[k % 10], lw=1.2, marker=".", ms=3,
+                            label=f"seed {seed}")
                     if gap is not None:
                         ax2 = ax2 or ax.twinx()
-                        ax2.plot(gap.index, gap.to_numpy(), color=colors[k % 10], lw=0.8, ls=":")
+                        ax2.plot(gap.index, gap.to_numpy(), color=colors[k % 10], lw=0.8, ls=":", marker="x", ms=3)
                 flagged_seeds = sum(c[4] for c in curves)
                 mark = f" {HEALTH_MARK} {flagged_seeds}/{len(curves)}" if flagged_seeds else ""
                 ax.set_title(f"{method}{mark}", fontsize=9)
