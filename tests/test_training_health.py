@@ -94,6 +94,9 @@ def test_job_health_record():
     # no reconstructions: judged on the loss rule alone
     norec = job_health(images, None, mean_image, _losses(recon=np.linspace(2, 1, 50)), health_loss="recon")
     assert norec["final"] is None and norec["mae_ratio"] is None and norec["flags"] == [FLAG_LOSS]
+    # reconstructions at another size: not compared, the loss rule alone
+    small = job_health(images, grey[:, :16, :16], mean_image, _losses(recon=flat), health_loss="recon")
+    assert small["final"] is None and small["mae_ratio"] is None and small["under_trained"] is False
     # no loss log: not iterative, no flag
     assert job_health(images, None, mean_image, None) == {"not_iterative": True}
     # the first health_loss column the log has; rows of one stage only; AnomalyPro's extra columns

@@ -18,6 +18,12 @@ Flag rule (:func:`health_flags`): a job is **under-trained** when its held-out h
 below :data:`MAX_MAE_RATIO` (0.7) × the mean-image MAE, or when its main loss still falls by more than
 :data:`MAX_LOSS_FALL` (10 %) over the last 20 % of training. A method without reconstructions is judged on the loss
 rule alone; one without a loss log (PaDiM, PatchCore: no training loop) is not judged.
+
+Which loss is "main" is a class attribute of the method (``AnomalyMethod.health_loss``: its reconstruction or
+translation term in losses.csv, e.g. ``recon`` for the autoencoder, ``g_con`` for GANomaly, ``enc_loss`` for
+f-AnoGAN; a tuple: the first column the log has; None: no loss check; plugins may set it).
+``health_loss_rows`` / ``health_critic_rows`` (column -> value) keep the loss-log rows of the stage that counts
+(f-AnoGAN: ``stage`` 2 for its encoder loss, ``stage`` 1 for its critic's ``wdist``).
 """
 
 from __future__ import annotations
@@ -199,6 +205,8 @@ def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=
         return {"not_iterative": True}
     imgs = _as_images(images)
     base = image_quality(np.broadcast_to(_as_images(mean_image)[0], imgs.shape), imgs) if len(imgs) else None
+    if recon is not None and _as_images(recon).shape != imgs.shape:
+        recon = None  # reconstructions at another size (a plugin's choice) are not compared: loss rule only
     final = image_quality(recon, imgs) if recon is not None and len(imgs) else None
     ratio = None
     if final is not None and base is not None and base["mae"] > 0:
