@@ -129,16 +129,19 @@ class Runner(JobRunner):
         new = yaml.safe_load(yaml.safe_dump(self.exp.to_dict(), sort_keys=False))
         default = yaml.safe_load(yaml.safe_dump(Experiment().to_dict(), sort_keys=False))
         changed = [k for k in {**old, **new} if old.get(k, default.get(k)) != new.get(k, default.get(k))]
-        if changed == ["methods"] and _method_keys(old.get("methods")) == _method_keys(new.get("methods")):
-            # the same methods with other settings (e.g. a changed lr): each changed job restarts by its fingerprint
-            self.echo("note: method settings differ from this folder's experiment.yaml; jobs whose configuration "
-                      "changed restart from scratch, the others are kept")
+        old_keys, new_keys = _method_keys(old.get("methods")), _method_keys(new.get("methods"))
+        if changed == ["methods"] and old_keys is not None and new_keys is not None and set(old_keys) <= set(new_keys):
+            # the same methods (plus new ones, e.g. a plugin to compare) with possibly other settings: new jobs run,
+            # a job whose configuration changed (e.g. its lr) restarts by its fingerprint, the others are kept
+            self.echo("note: the methods differ from this folder's experiment.yaml (added methods or changed "
+                      "settings); new and changed jobs run, the others are kept")
             return
         if changed:
             raise BenchError(f"--out {self.out}: this folder holds the results of another experiment (its "
                              f"{folder.experiment_path.name} differs in: {', '.join(changed)}). Use a new --out, or "
-                             f"rerun the very same experiment to resume it; any difference but a method's settings is "
-                             f"refused, adding seeds, methods or datasets included (run those into a new --out)")
+                             f"rerun the very same experiment to resume it; only added methods or changed "
+                             f"method settings are accepted; other seeds, settings or datasets, or a removed method, "
+                             f"need a new --out")
 
     def _run_local(self, planned: list[PlannedJob]) -> list[str]:
         n_jobs, done_times, failures = len(planned), [], []
