@@ -410,11 +410,14 @@ def test_resume_after_kill_ends_with_identical_weights(tmp_path):
         assert torch.equal(v, end_b["trainer"]["D"][k]), k
     test = _images(4, seed=8)[0]
     np.testing.assert_array_equal(straight.score(test).scores, resumed.score(test).scores)
-    # a finished run resumes to its end state without training again; other settings are refused
+    # a finished run resumes to its end state without training again; other settings restart it with a message
     again = MedAIAnomalyPro(**params).fit(train, FitContext(workdir=tmp_path / "b", progress=False))
     np.testing.assert_array_equal(again.score(test).scores, resumed.score(test).scores)
-    with pytest.raises(ConfigError, match="g_conv_dim"):
-        MedAIAnomalyPro(**{**params, "g_conv_dim": 4}).fit(train, FitContext(workdir=tmp_path / "b", progress=False))
+    events.clear()
+    other = MedAIAnomalyPro(**{**params, "g_conv_dim": 4}).fit(
+        train, FitContext(workdir=tmp_path / "b", progress=False, on_event=events.append))
+    assert any("g_conv_dim" in e and "restart" in e for e in events), events
+    assert other.G_.state_dict().keys() and not any("resumed from" in e for e in events)
 
 
 def test_saturated_mask_is_reported_and_logged(tmp_path):
