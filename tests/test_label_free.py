@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.experiment import parse_experiment
@@ -124,3 +125,20 @@ def test_data_notes_state_the_test_prevalence():
     line = split_line({"0": counts(30, 70, 0), "1": counts(30, 60, 10)})
     assert "prevalence 67-70%" in line and "60-70 diseased" in line
     assert split_line(None) is None and split_line({"0": {"test": {}}}) is None
+
+
+def test_leakage_check_counts_test_images_with_a_training_twin():
+    from anomaly_bench.data.leakage import leakage_line, leakage_record
+
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(6, 1, 64, 64, generator=gen) * 2 - 1, 9, 1, 4)
+    noise = 0.01 * torch.randn(2, 1, 64, 64, generator=gen)
+    images = torch.cat([smooth, smooth[:2] * 0.9 + noise])  # 2 re-encoded (rescaled, noisy) copies
+    roles = np.array(["healthy", "healthy", "mixed", "test", "test", "test", "test", "test"], dtype=object)
+    rec = leakage_record(images, roles)
+    assert rec["n_test"] == 5 and rec["n_test_with_training_twin"] == 2 and rec["max_corr"] > 0.99
+    roles[6:] = "unused"  # the copies no longer tested
+    assert leakage_record(images, roles)["n_test_with_training_twin"] == 0
+    line = leakage_line({"0": rec, "1": {**rec, "n_test_with_training_twin": 0}})
+    assert "0-2 test image(s) per seed" in line and ">= 0.99" in line
+    assert leakage_line(None) is None and leakage_line({"0": {}}) is None

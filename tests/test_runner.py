@@ -59,6 +59,9 @@ def test_run_writes_every_output_and_resumes(tmp_path):
     assert m.set_index("metric").at["threshold", "value"] == pytest.approx(test["threshold"].iloc[0])
     assert {"oracle_threshold", "oracle_f1"} <= set(m["metric"])
     assert "table_other_selection.md" in os.listdir(out) and "(AUCp)" not in table  # selection: last
+    leak = json.loads((out / "run.json").read_text())["datasets"]["tiny"]["leakage"]["0"]
+    assert leak["n_test"] == (manifest["role"] == "test").sum() and leak["n_test_with_training_twin"] >= 0
+    assert "near-duplicate leakage check" in table and "prevalence" in table
     job = json.loads((out / "jobs/tiny/autoencoder/seed0/job.json").read_text())
     for key in ("fit_seconds", "score_seconds", "peak_rss_mb", "versions", "data_fingerprint", "profile", "device"):
         assert key in job, key

@@ -26,6 +26,7 @@ import yaml
 
 from anomaly_bench.core.errors import BenchError, DataError
 from anomaly_bench.core.experiment import DatasetSpec, Experiment
+from anomaly_bench.data.leakage import leakage_record
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
 from anomaly_bench.evaluation.confound import confound_record
@@ -94,6 +95,7 @@ class Runner(JobRunner):
                 split = self._split(ds, name, split_cfg, seed)
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
                 info["datasets"][name].setdefault("confound", {})[str(seed)] = _confound(ds, split)
+                info["datasets"][name].setdefault("leakage", {})[str(seed)] = leakage_record(ds.images, split.roles)
                 if "transductive" in exp.settings and len(split.indices("mixed")) == 0:
                     empty_a.setdefault(name, []).append(seed)
                 for mspec in exp.methods:

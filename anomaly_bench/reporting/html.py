@@ -111,6 +111,7 @@ def _data_html(run_dir: Path) -> str:
                    f"<code>{_esc(n['fingerprint'])}</code>; {_esc(data_note_summary(n))}</p>")
         for why in (n.get("skipped_settings") or {}).values():
             out.append(f"<p><b>Not scored</b>: {_esc(why)}</p>")
+        out += [f"<p>{_esc(n[key])}</p>" for key in ("split", "leakage") if n.get(key)]
         if n.get("confound"):
             text, warning = n["confound"]
             out.append(f"<p>{_esc(text)}</p>" + (f"<p><b>Warning</b>: {_esc(warning)}</p>" if warning else ""))

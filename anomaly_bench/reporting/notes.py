@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from anomaly_bench.data.leakage import leakage_line
 from anomaly_bench.evaluation.confound import confound_line
 from anomaly_bench.harness.run_folder import RunFolder
 
@@ -32,7 +33,8 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
         notes.append({"dataset": name, "n_images": d.get("n_images"), "fingerprint": d.get("fingerprint"),
                       "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
                       "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound")),
-                      "split": split_line(d.get("splits")), "skipped_settings": d.get("skipped_settings") or {}})
+                      "split": split_line(d.get("splits")), "leakage": leakage_line(d.get("leakage")),
+                      "skipped_settings": d.get("skipped_settings") or {}})
     return notes
 
 
@@ -79,8 +81,9 @@ def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
     for n in notes:
         lines.append(f"- **{n['dataset']}**: {n['n_images']} images, fingerprint `{n['fingerprint']}`; "
                      f"{data_note_summary(n)}")
-        if n.get("split"):
-            lines.append(f"  - {n['split']}")
+        for key in ("split", "leakage"):
+            if n.get(key):
+                lines.append(f"  - {n[key]}")
         for why in (n.get("skipped_settings") or {}).values():
             lines.append(f"  - **not scored**: {why}")
         if n.get("confound"):
