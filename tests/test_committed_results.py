@@ -10,7 +10,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUNS = sorted(RESULTS.rglob("run.json"))
 #: committed runs known to break the rule, with why; strict xfail, so regenerating one makes this test fail
 #: until its entry is removed
-KNOWN_DIRTY = {"real/run.json": "made at 83dd19a from a dirty tree; regenerated from a clean one with issue 19"}
+KNOWN_DIRTY: dict[str, str] = {}  # rel path -> why a committed run.json may still say git_dirty: true (none)
 
 
 def test_there_are_committed_runs():
