@@ -55,7 +55,7 @@ def leakage_line(per_seed: Any) -> str | None:
         thr, side = next(iter(per_seed.values()))["threshold"], next(iter(per_seed.values()))["thumbnail_side"]
     except (KeyError, TypeError, ValueError):
         return None
-    worst = f"; highest test-to-training correlation {max(maxes):.3f}" if maxes else ""
+    worst = f"; highest test-to-training correlation {max(maxes):.4f}" if maxes else ""
     n = str(max(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
     return (f"near-duplicate leakage check: {n} test image(s) per seed with a training-role image at {side}-px "
             f"thumbnail correlation >= {thr:g}{worst}")
