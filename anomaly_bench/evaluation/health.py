@@ -146,7 +146,7 @@ def loss_fall(iterations: Any, values: Any, frac: float = WINDOW) -> float | Non
     return -slope * span / level
 
 
-def _rows(losses, where: dict[str, float] | None):
+def loss_rows(losses, where: dict[str, float] | None):
     """The loss-log rows matching ``where`` (column -> value), sorted by iteration."""
     df = losses
     for col, val in (where or {}).items():
@@ -161,19 +161,23 @@ def main_loss_column(losses, health_loss: str | tuple[str, ...] | None) -> str |
     return next((n for n in names if losses is not None and n in losses.columns), None)
 
 
+def critic_gap_series(df):
+    """Per logged row, ``d_real − d_fake`` (a WGAN critic's gap) or the logged ``wdist``; None when neither."""
+    if {"d_real", "d_fake"} <= set(df.columns):
+        return df["d_real"].astype(float) - df["d_fake"].astype(float)
+    if "wdist" in df.columns:
+        return df["wdist"].astype(float)
+    return None
+
+
 def critic_gap(losses, where: dict[str, float] | None = None) -> float | None:
     """Mean of ``d_real − d_fake`` (or of ``wdist``) over the last 20 % of the logged rows (``where``: those of
     the critic's stage); None when the method logs neither."""
     if losses is None:
         return None
-    df = _rows(losses, where)
-    if {"d_real", "d_fake"} <= set(df.columns):
-        gap = df["d_real"].astype(float) - df["d_fake"].astype(float)
-    elif "wdist" in df.columns:
-        gap = df["wdist"].astype(float)
-    else:
-        return None
-    if len(df) == 0:
+    df = loss_rows(losses, where)
+    gap = critic_gap_series(df)
+    if gap is None or len(df) == 0:
         return None
     mask, _ = window(df["iteration"].to_numpy())
     return float(np.nanmean(gap.to_numpy()[mask]))
@@ -214,7 +218,7 @@ def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=
     name = main_loss_column(losses, health_loss)
     fall = None
     if name is not None:
-        rows = _rows(losses, health_rows)
+        rows = loss_rows(losses, health_rows)
         fall = loss_fall(rows["iteration"].to_numpy(), rows[name].to_numpy())
     flags = health_flags(ratio, fall)
     out: dict[str, Any] = {

@@ -8,26 +8,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from anomaly_bench.evaluation.health import critic_gap_series, loss_rows
 from anomaly_bench.harness.run_folder import RunFolder
 from anomaly_bench.reporting.figures import _new_figure, _save, _style, safe_name
 from anomaly_bench.reporting.health import HEALTH_MARK
 
 
 def _curve(losses: pd.DataFrame, column: str | None, rows: dict | None) -> pd.Series | None:
-    df = losses
-    for col, val in (rows or {}).items():
-        if col in df.columns:
-            df = df[np.isclose(df[col].astype(float), float(val))]
+    df = loss_rows(losses, rows)
     if column == "critic_gap":
-        if {"d_real", "d_fake"} <= set(df.columns):
-            values = df["d_real"].astype(float) - df["d_fake"].astype(float)
-        elif "wdist" in df.columns:
-            values = df["wdist"].astype(float)
-        else:
+        values = critic_gap_series(df)
+        if values is None:
             return None
     elif column in df.columns:
         values = df[column].astype(float)
