@@ -24,7 +24,9 @@ Root resolution: a relative card ``root`` is relative to the repository root (``
 installed wheel, which has no checkout, to the working directory),
 else to the card file's folder. ``data_root`` (CLI ``--data-root``) or ``$ANOMALY_BENCH_DATA_ROOT`` names the
 folder that holds the sets and replaces the ``../shared/data`` prefix (for other relative roots: their
-parent). Absolute roots are used as written. A card without ``root`` (the phantom) gets ``root=None``.
+parent). Absolute roots are used as written. A card without ``root`` (the phantom) gets ``root=None``. Split
+files named in the card (``split.data_json``, ``split.manifest``) are resolved the same way
+(:func:`resolve_data_path`).
 
 Loader contract (``loader(card, root) -> ImageDataset``): the card it receives is validated and carries the
 resolved ``image_size`` (int), ``on_bad_image``, ``limit_per_class`` and ``preprocessing`` (format defaults
@@ -68,7 +70,8 @@ COMMON_KEYS = {"name", "format", "description", "root", "download", "license", "
                "limit_per_class"}
 #: Keys of the ``split`` section (consumed by ``anomaly_bench.data.split``).
 SPLIT_KEYS = {"test_size", "test_diseased_fraction", "mixed_size", "mixed_diseased_fraction", "mixed_diseased",
-              "mixed_healthy", "healthy_size", "holdout_fraction", "use_predefined_roles", "manifest"}
+              "mixed_healthy", "healthy_size", "holdout_fraction", "use_predefined_roles", "manifest", "data_json",
+              "data_json_max_missing"}
 DEDUP_KEYS = {"enabled", "near", "hamming", "corr"}
 CLASSES_KEYS = {"healthy", "diseased"}
 
@@ -239,16 +242,35 @@ def resolve_root(card: dict[str, Any], data_root: str | Path | None = None) -> P
     override = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV) or None
     if override is not None:
         return Path(override).expanduser() / _set_subpath(str(root))
-    # relative to the checkout; an installed wheel has none, so relative to the working directory
+    return _relative_path(p, card.get("_source", ""))
+
+
+def _relative_path(p: Path, source: str | None, cwd_too: bool = False) -> Path:
+    """A relative card path: relative to the checkout (an installed wheel has none: the working directory), else
+    to the card file's folder (else, with ``cwd_too``, the working directory); the first that exists."""
     base = checkout_dir()
     candidates = [(base if base is not None else Path.cwd()) / p]
-    src = card.get("_source", "")
-    if src and Path(src).is_file():
-        candidates.append(Path(src).resolve().parent / p)
+    if source and Path(source).is_file():
+        candidates.append(Path(source).resolve().parent / p)
+    if cwd_too:
+        candidates.append(Path.cwd() / p)
     for c in candidates:
         if c.exists():
             return Path(os.path.normpath(c))
     return Path(os.path.normpath(candidates[0]))
+
+
+def resolve_data_path(path: str, card_source: str | None = None, data_root: str | Path | None = None) -> Path:
+    """A file a card names besides its root (``split.data_json``, ``split.manifest``), resolved like ``root``:
+    absolute as written; under ``../shared/data/`` the ``data_root`` / ``$ANOMALY_BENCH_DATA_ROOT`` override
+    applies; else relative to the checkout, the card's folder or the working directory (the first that exists)."""
+    p = Path(str(path)).expanduser()
+    if p.is_absolute():
+        return p
+    override = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV) or None
+    if override is not None and Path(str(path)).as_posix().startswith(DEFAULT_DATA_PREFIX + "/"):
+        return Path(override).expanduser() / _set_subpath(str(path))
+    return _relative_path(p, card_source, cwd_too=True)
 
 
 def root_present(card: dict[str, Any], data_root: str | Path | None = None) -> bool:
@@ -276,7 +298,8 @@ def load_dataset(spec: str | Path | dict[str, Any], data_root: str | Path | None
     ``image_size`` defaults to the card's (64 when absent); ``on_bad_image`` to the card's (``error``);
     ``limit_per_class`` (dev/tests) keeps an evenly spaced subset of each class. Runs duplicate detection when
     the card's ``dedup`` is on (default for real data): ``ds.dup_groups`` and ``ds.meta["duplicates"]``.
-    ``ds.meta`` also holds ``card``, ``root``, ``preprocessing``, ``skipped_images`` and ``load_seconds``.
+    ``ds.meta`` also holds ``card``, ``card_source``, ``root``, ``data_root``, ``limit_per_class``, ``preprocessing``,
+    ``skipped_images``, ``content_sha256`` (per-image file hashes, or None) and ``load_seconds``.
     """
     t0 = time.perf_counter()
     card = resolve_card(spec)
@@ -300,10 +323,13 @@ def load_dataset(spec: str | Path | dict[str, Any], data_root: str | Path | None
         raise DataError(f"format '{card['format']}' returned {tuple(ds.images.shape[-2:])} images for "
                         f"image_size {size}")
     file_sha = ds.meta.pop("file_sha256", None)
+    ds.meta["content_sha256"] = file_sha  # exact copies of a published split (data.split.published_cross_role)
     ds.meta.setdefault("skipped_images", [])
     ds.meta["card"] = {k: v for k, v in card.items() if not str(k).startswith("_")}
     ds.meta["card_source"] = where
     ds.meta["root"] = str(root) if root is not None else None
+    ds.meta["data_root"] = str(data_root) if data_root is not None else None
+    ds.meta["limit_per_class"] = run_card["limit_per_class"]
     ds.meta["preprocessing"] = Preprocessing.from_card(prep).as_dict()
     settings = dedup_settings(card, where)
     if settings["enabled"]:

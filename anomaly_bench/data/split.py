@@ -16,6 +16,16 @@ test image among the training images), the whole unit goes to ``test`` and the c
 
 The split is written as a CSV manifest (index, id, subject, unit, label, role) and can be read back to
 reproduce a published split exactly.
+
+Published splits (``split.manifest``, ``split.data_json``: a DDAD / MedIAnomaly ``data.json``, see
+:mod:`anomaly_bench.data.data_json`; and the ``medianomaly`` format, whose ``data.json`` is used unless
+``use_predefined_roles: false``) are *taken as given*: a duplicate group they put in several roles is kept,
+not refused, and counted in ``split.report["published_split_cross_role_duplicates"]`` (test images with an
+exact / near copy in training, the groups), which the runner writes to run.json, the duplicate report and the data
+notes. The suite's own splits still refuse such a group (:func:`check_split`). A ``data.json`` split carves no
+hold-out by default (the published protocol trains on all of ``train/0``): the label-free thresholds are then NaN
+and the pseudo-AUC checkpoint selection is skipped; ``holdout_fraction > 0`` carves hold-outs from ``train/0``
+and ``train/unlabeled``, a deviation from the published protocol, recorded in the report.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.data.data_json import DEFAULT_MAX_MISSING, match_names, read_data_json
 from anomaly_bench.data.records import ImageDataset
 
 ROLES = ("test", "healthy", "mixed", "holdout_healthy", "holdout_mixed", "unused")
@@ -50,6 +61,12 @@ class SplitConfig:
     ``seed`` fixes the split's own random draw; by default (null) each job seed draws its own split, so a
     seed's result varies with both the test images and the training. A fixed ``seed`` keeps one split for every
     job seed, so seeds then vary the training alone (the regression experiment's spread).
+    ``holdout_fraction`` (default null: 0.1 for the suite's splits, 0 for a ``data_json`` split) is the part of A
+    and B held out for label-free thresholds and checkpoint selection.
+    ``manifest`` (a CSV written by :func:`write_manifest`) or ``data_json`` (a DDAD / MedIAnomaly ``data.json``;
+    a relative path is resolved like the card's ``root``) give a published split, taken as given (module
+    docstring); with ``data_json`` the other size keys are not used. ``data_json_max_missing``: the fraction of the
+    file's names that may be absent from the data (skipped and reported) before it is an error.
     """
 
     test_size: int | float = 0.2
@@ -59,9 +76,11 @@ class SplitConfig:
     mixed_diseased: int | None = None
     mixed_healthy: int | None = None
     healthy_size: int | float | None = None
-    holdout_fraction: float = 0.1
+    holdout_fraction: float | None = None
     use_predefined_roles: bool = True
     manifest: str | None = None
+    data_json: str | None = None
+    data_json_max_missing: float = DEFAULT_MAX_MISSING
     seed: int | None = None
 
     @classmethod
@@ -72,9 +91,10 @@ class SplitConfig:
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
         cfg = cls(**d)
-        for name in ("test_diseased_fraction", "mixed_diseased_fraction", "holdout_fraction"):
+        for name in ("test_diseased_fraction", "mixed_diseased_fraction", "holdout_fraction",
+                     "data_json_max_missing"):
             v = getattr(cfg, name)
-            if name == "test_diseased_fraction" and v == NATURAL:
+            if (name == "test_diseased_fraction" and v == NATURAL) or (name == "holdout_fraction" and v is None):
                 continue
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
@@ -85,7 +105,19 @@ class SplitConfig:
             v = getattr(cfg, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 raise ConfigError(f"{where}.{name} must be a non-negative number or null, got {v!r}")
+        for name in ("manifest", "data_json"):
+            v = getattr(cfg, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"{where}.{name} must be a file path (a string) or null, got {v!r}")
+        if cfg.manifest and cfg.data_json:
+            raise ConfigError(f"{where}: give split.manifest or split.data_json, not both (each is a whole split)")
         return cfg
+
+    def holdout(self, published: bool) -> float:
+        """The effective hold-out fraction: the setting, else 0.1 (0 for a published ``data_json`` split)."""
+        if self.holdout_fraction is not None:
+            return float(self.holdout_fraction)
+        return 0.0 if published else 0.1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +191,11 @@ def _take(units_order: list[int], sizes: dict[int, int], target: int) -> tuple[l
 def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
     """Build the roles for ``ds`` (see module docstring). Same dataset, config and seed → same split."""
     if cfg.manifest:
-        return read_manifest(cfg.manifest, ds)
+        return read_manifest(resolve_split_file(cfg.manifest, ds), ds)
+    if cfg.data_json:
+        return data_json_split(ds, resolve_split_file(cfg.data_json, ds), cfg, seed)
+    if ds.meta.get("data_json") and cfg.use_predefined_roles:  # the medianomaly format's own data.json
+        return data_json_split(ds, Path(ds.meta["data_json"]), cfg, seed)
     if cfg.seed is not None:
         seed = cfg.seed
     rng = np.random.default_rng(seed)
@@ -256,10 +292,11 @@ def make_split(ds: ImageDataset, cfg: SplitConfig, seed: int) -> Split:
         role_of_unit[u] = "unused"
 
     # ---- hold-out parts of A and B for label-free model selection ----------------------------
+    holdout = cfg.holdout(published=False)
     for role in ("mixed", "healthy"):
         units = shuffled([u for u in range(n_units) if role_of_unit[u] == role])
-        k = int(round(len(units) * cfg.holdout_fraction))
-        if cfg.holdout_fraction > 0 and len(units) >= 4:
+        k = int(round(len(units) * holdout))
+        if holdout > 0 and len(units) >= 4:
             k = max(k, 1)
         for u in units[:k]:
             role_of_unit[u] = f"holdout_{role}"
@@ -289,9 +326,10 @@ def role_counts(roles: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, in
                 "diseased": int(((roles == r) & (labels == 1)).sum())} for r in ROLES}
 
 
-def check_split(split: Split, ds: ImageDataset) -> None:
+def check_split(split: Split, ds: ImageDataset, published: bool = False) -> None:
     """Assert the leakage rules: one role per subject and per duplicate group; test set has both classes;
-    set B holds no diseased image."""
+    set B holds no diseased image. A ``published`` split (manifest, data.json) is taken as given: its duplicate
+    groups spanning several roles are kept and counted (:func:`published_cross_role`), not refused."""
     roles = split.roles
     by_subject: dict[str, set] = {}
     for s, r in zip(ds.subject_ids, roles):
@@ -305,7 +343,7 @@ def check_split(split: Split, ds: ImageDataset) -> None:
             if g >= 0:
                 by_group.setdefault(int(g), set()).add(r)
         bad = [g for g, r in by_group.items() if len(r) > 1]
-        if bad:
+        if bad and not published:
             raise DataError(f"split: duplicate groups {bad[:5]} span several roles")
     for role in ("healthy", "holdout_healthy"):
         if ((roles == role) & (ds.labels == 1)).any():
@@ -360,5 +398,67 @@ def read_manifest(path: str | Path, ds: ImageDataset) -> Split:
             raise DataError(f"split manifest {path}: labels disagree with dataset '{ds.name}'")
     split = Split(roles=roles, units=_units(ds), report={"manifest": str(path)})
     split.report["counts"] = role_counts(roles, ds.labels)
-    check_split(split, ds)
+    split.report["published"] = {"source": "manifest", "path": str(path),
+                                 "holdout": "as the manifest gives them"}
+    check_split(split, ds, published=True)
+    split.report["published_split_cross_role_duplicates"] = published_cross_role(ds, roles)
+    return split
+
+
+def resolve_split_file(path: str | Path, ds: ImageDataset) -> Path:
+    """A split file named in a ``split`` section: absolute as written; relative like the card's ``root``
+    (:func:`anomaly_bench.data.loading.resolve_data_path`: the checkout, else the card's folder)."""
+    from anomaly_bench.data.loading import resolve_data_path
+
+    return resolve_data_path(str(path), ds.meta.get("card_source"), ds.meta.get("data_root"))
+
+
+def published_cross_role(ds: ImageDataset, roles: np.ndarray) -> dict[str, Any]:
+    """:func:`anomaly_bench.data.leakage.cross_role_duplicates` for a published split of ``ds``."""
+    from anomaly_bench.data.dedup import exact_groups
+    from anomaly_bench.data.leakage import cross_role_duplicates
+
+    exact = exact_groups(ds.images, ds.meta.get("content_sha256"))
+    return cross_role_duplicates(ds.ids, roles, ds.dup_groups, exact)
+
+
+def data_json_split(ds: ImageDataset, path: Path, cfg: SplitConfig, seed: int) -> Split:
+    """The split a DDAD / MedIAnomaly ``data.json`` gives (:mod:`anomaly_bench.data.data_json`): train/0 -> healthy,
+    train/unlabeled -> mixed, test -> test, every other image -> unused; no hold-out unless
+    ``holdout_fraction > 0`` (then carved from healthy and mixed by whole units, a documented deviation)."""
+    lists = read_data_json(path)
+    roles, match = match_names(path, lists, ds.ids, ds.labels, ds.name, cfg.data_json_max_missing,
+                               limited=bool(ds.meta.get("limit_per_class")))
+    if ds.meta.get("data_json_unlisted_files"):
+        match["unlisted_files_not_loaded"] = ds.meta["data_json_unlisted_files"]
+    holdout = cfg.holdout(published=True)
+    units = _units(ds)
+    if holdout > 0:
+        rng = np.random.default_rng(cfg.seed if cfg.seed is not None else seed)
+        for role in ("mixed", "healthy"):
+            members = np.flatnonzero(roles == role)
+            us = np.unique(units[members])
+            us = us[rng.permutation(len(us))]
+            k = int(round(len(us) * holdout))
+            if len(us) >= 4:
+                k = max(k, 1)
+            roles[members[np.isin(units[members], us[:k])]] = f"holdout_{role}"
+        how = (f"holdout_fraction {holdout:g} of train/0 and train/unlabeled held out (by whole duplicate/subject "
+               f"units) for label-free thresholds and checkpoint selection: a deviation from the published "
+               f"protocol, which trains on all of train/0")
+    else:
+        how = ("none: the published protocol trains on all of train/0, so the label-free thresholds are NaN and "
+               "the pseudo-AUC checkpoint selection is skipped (split.holdout_fraction > 0 carves hold-outs, a "
+               "deviation)")
+    defaults = SplitConfig()
+    ignored = sorted(k for k in ("test_size", "test_diseased_fraction", "mixed_size", "mixed_diseased_fraction",
+                                 "mixed_diseased", "mixed_healthy", "healthy_size")
+                     if getattr(cfg, k) != getattr(defaults, k))
+    published = {"source": "data_json", "path": str(path), **match, "holdout": how}
+    if ignored:
+        published["settings_not_used"] = ignored
+    split = Split(roles=roles, units=units, report={"seed": seed, "config": cfg.to_dict(), "published": published})
+    split.report["counts"] = role_counts(roles, ds.labels)
+    check_split(split, ds, published=True)
+    split.report["published_split_cross_role_duplicates"] = published_cross_role(ds, roles)
     return split

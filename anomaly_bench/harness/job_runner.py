@@ -216,7 +216,10 @@ class JobRunner:
     def _select(self, model, ds, split, job: Job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
         hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")
         if len(hm) == 0 or len(hh) == 0:
-            meta["selection"] = "skipped: empty hold-out sets (split.holdout_fraction)"
+            meta["selection"] = ("skipped: the published split has no hold-out sets (split.holdout_fraction > 0 "
+                                 "carves them, a deviation from the published protocol)"
+                                 if "published" in split.report else
+                                 "skipped: empty hold-out sets (split.holdout_fraction)")
             return []
         test = split.indices("test")
         sel = select_checkpoint(model, ctx.selection_checkpoints, ds.images[torch.as_tensor(hm)],

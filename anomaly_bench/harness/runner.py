@@ -96,6 +96,8 @@ class Runner(JobRunner):
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
                 info["datasets"][name].setdefault("confound", {})[str(seed)] = _confound(ds, split)
                 info["datasets"][name].setdefault("leakage", {})[str(seed)] = leakage_record(ds.images, split.roles)
+                if "published" in split.report and "published_split" not in info["datasets"][name]:
+                    self._record_published(info["datasets"][name], ds, name, split)
                 if "transductive" in exp.settings and len(split.indices("mixed")) == 0:
                     empty_a.setdefault(name, []).append(seed)
                 for mspec in exp.methods:
@@ -172,6 +174,20 @@ class Runner(JobRunner):
         else:
             write_manifest(split, ds, path)
         return split
+
+    def _record_published(self, record: dict[str, Any], ds: ImageDataset, name: str, split: Split) -> None:
+        """A published split taken as given (manifest, data.json): its source, names matched / missing, hold-out
+        and cross-role duplicates go to run.json (``published_split``, from the first seed: the file fixes the
+        roles, only hold-outs carved with ``holdout_fraction > 0`` vary by seed) and to the duplicate report."""
+        cross = split.report.get("published_split_cross_role_duplicates")
+        record["published_split"] = {**split.report["published"], "cross_role_duplicates": cross}
+        if ds.meta.get("duplicates") is not None:
+            ds.meta["duplicates"]["published_split_cross_role_duplicates"] = cross
+            self.folder.write_duplicates(name, ds.meta["duplicates"])
+        copies = (cross or {}).get("test_with_training_copy") or {}
+        self.echo(f"note: dataset '{name}': published split ({split.report['published']['source']}) taken as "
+                  f"given: {copies.get('exact')} test image(s) with an exact copy in training, "
+                  f"{copies.get('near')} more with a near copy; hold-out: {split.report['published']['holdout']}")
 
     # ------------------------------------------------------------------------------------------
     def report(self) -> None:

@@ -112,6 +112,7 @@ def _data_html(run_dir: Path) -> str:
         for why in (n.get("skipped_settings") or {}).values():
             out.append(f"<p><b>Not scored</b>: {_esc(why)}</p>")
         out += [f"<p>{_esc(n[key])}</p>" for key in ("split", "leakage") if n.get(key)]
+        out += [f"<p>{_esc(line)}</p>" for line in n.get("published") or []]
         if n.get("confound"):
             text, warning = n["confound"]
             out.append(f"<p>{_esc(text)}</p>" + (f"<p><b>Warning</b>: {_esc(warning)}</p>" if warning else ""))

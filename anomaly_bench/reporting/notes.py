@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from anomaly_bench.data.leakage import leakage_line
+from anomaly_bench.data.leakage import cross_role_line, leakage_line
 from anomaly_bench.evaluation.confound import confound_line
 from anomaly_bench.harness.run_folder import RunFolder
 
@@ -34,6 +34,7 @@ def data_notes(run_dir: str | Path, max_listed: int = 50) -> list[dict[str, Any]
                       "duplicates": d.get("duplicates") or None, "n_skipped": len(skipped),
                       "skipped": skipped[:max_listed], "confound": confound_line(name, d.get("confound")),
                       "split": split_line(d.get("splits")), "leakage": leakage_line(d.get("leakage")),
+                      "published": published_lines(d.get("published_split")),
                       "skipped_settings": d.get("skipped_settings") or {}})
     return notes
 
@@ -65,11 +66,45 @@ def split_line(splits: Any) -> str | None:
             "split.test_diseased_fraction (0.5 by default; `natural` tests every image no training role takes).")
 
 
+def published_lines(rec: Any) -> list[str]:
+    """The data notes of a published split (run.json ``published_split``): its file, the names not found, the
+    cross-role duplicates it keeps, and what its missing hold-out leaves out. Empty for the suite's own splits."""
+    if not isinstance(rec, dict):
+        return []
+    lines = []
+    src, path = rec.get("source", "?"), rec.get("path", "?")
+    miss = rec.get("missing") or {}
+    if src == "data_json":
+        listed = sum((rec.get("listed") or {}).values())
+        first = ", ".join(map(str, (miss.get("first") or [])[:4]))
+        missing = (f"; {miss.get('n', 0)} of its {listed} names are not in the data and were skipped"
+                   + (f" ({first}{', ...' if miss.get('n', 0) > 4 else ''})" if miss.get("n") else ""))
+        unl = (rec.get("unlisted_files_not_loaded") or {}).get("n")
+        not_loaded = f"; {unl} file(s) of images/ it does not list have no label and were not loaded" if unl else ""
+        lines.append(f"published split: data.json `{path}` (train/0 -> set B, train/unlabeled -> set A, test -> "
+                     f"test){missing}; {rec.get('unlisted_images', 0)} image(s) of the card it does not list are "
+                     f"unused{not_loaded}")
+    else:
+        lines.append(f"published split: manifest `{path}`")
+    cross = cross_role_line(rec.get("cross_role_duplicates"))
+    if cross:
+        lines.append(cross)
+    if str(rec.get("holdout", "")).startswith("none"):
+        lines.append("the published split has no hold-out: the label-free thresholds (precision, recall, "
+                     "specificity, F1 at the holdout_healthy threshold) are unavailable (n/a cells) and the "
+                     "pseudo-AUC checkpoint selection (aucp rows) is skipped; the AUCs are unaffected")
+    elif rec.get("holdout") and src == "data_json":
+        lines.append(f"hold-out: {rec['holdout']}")
+    return lines
+
+
 def data_note_summary(n: dict[str, Any]) -> str:
     """One dataset's data note after its name and fingerprint: duplicate groups and images left out."""
     dup = n["duplicates"]
-    dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) kept "
-               f"each in one split role" if dup else "no duplicate check")
+    where = ("left where the published split puts them (below)" if n.get("published") else
+             "kept each in one split role")
+    dup_txt = (f"{dup.get('n_groups', 0)} duplicate groups ({dup.get('n_images_in_groups', 0)} images) {where}"
+               if dup else "no duplicate check")
     return f"{dup_txt}; {n['n_skipped']} unreadable image(s) left out (on_bad_image: skip)."
 
 
@@ -84,6 +119,7 @@ def data_notes_markdown(notes: list[dict[str, Any]]) -> str:
         for key in ("split", "leakage"):
             if n.get(key):
                 lines.append(f"  - {n[key]}")
+        lines += [f"  - {line}" for line in n.get("published") or []]
         for why in (n.get("skipped_settings") or {}).values():
             lines.append(f"  - **not scored**: {why}")
         if n.get("confound"):
