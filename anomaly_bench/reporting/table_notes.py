@@ -44,11 +44,25 @@ def selection_note(selection_rule: str | None) -> str | None:
             f"model. Rows under the other rule ({other}) are in table_other_selection.md, for analysis only.")
 
 
+def no_threshold_note(titles: list[str], threshold_rule) -> str | None:
+    """Why finished jobs show n/a in the thresholded columns (``titles``: the blocks concerned)."""
+    if not titles:
+        return None
+    why = ("their split has no held-out healthy images (role holdout_healthy) to set the label-free threshold: a "
+           "published split taken as given (e.g. a data.json, whose protocol trains on all of its healthy set; see "
+           "the Data section) or split.holdout_fraction: 0" if threshold_rule == "holdout_healthy" else
+           "no threshold could be set")
+    return (f"n/a in Precision, Recall, Specificity and F1 of {', '.join(titles)}: the jobs finished, but {why}. "
+            "The pseudo-AUC checkpoint selection (AUCp rows) needs the same hold-outs and is skipped there. AUC, "
+            "its range, CI and p need no threshold.")
+
+
 def table_notes(blocks, ref_label, n_boot, alpha, threshold_rule, full, selection_rule=None,
-                marked_not_on_a: bool = False) -> list[str]:
+                marked_not_on_a: bool = False, no_threshold: list[str] | None = None) -> list[str]:
     notes = ["Cells: mean ± sample standard deviation (ddof = 1) over seeds; one seed: the value alone. "
              "Bold: best mean per column (higher is better)."]
-    notes += [n for n in (selection_note(selection_rule), threshold_note(threshold_rule)) if n]
+    notes += [n for n in (selection_note(selection_rule), threshold_note(threshold_rule),
+                          no_threshold_note(no_threshold or [], threshold_rule)) if n]
     if (full["n_failed"] > 0).any() if len(full) else False:
         notes.append(f"'{FAILED}': no seed finished. {DAGGER}: some seeds failed; mean over the seeds that finished.")
     if marked_not_on_a:

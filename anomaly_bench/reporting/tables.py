@@ -66,6 +66,8 @@ TABLE_COLUMNS["subject"] = TABLE_COLUMNS["image"]
 LEVEL_ORDER = {"image": 0, "subject": 1, "pixel": 2}
 #: Columns computed here from per-image scores (never bold).
 COMPUTED = ("range", "ci", "p")
+#: Metrics at a threshold: NaN without one (no held-out healthy images for the label-free threshold).
+THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
 
 
 def _fmt_p(p: float) -> str:
@@ -93,6 +95,7 @@ class Block:
     columns: list[tuple[str, str]]  # (key, header)
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # row label -> column key -> cell
     p_raw: dict[str, float] = field(default_factory=dict)  # row label -> unadjusted p vs the reference
+    no_threshold: bool = False  # a finished job has no thresholded metric (no held-out healthy images): n/a cells
 
 
 @dataclass
@@ -168,7 +171,8 @@ def build_tables(metrics_df: pd.DataFrame, scores_df: pd.DataFrame | None = None
     mark_blocks(blocks, row_keys, marks)
 
     marked = any(NOT_ON_A in c.text for b in blocks for cells in b.cells.values() for c in cells.values())
-    notes = table_notes(blocks, ref_label, n_boot, alpha, threshold_rule, full, selection_rule, marked)
+    notes = table_notes(blocks, ref_label, n_boot, alpha, threshold_rule, full, selection_rule, marked,
+                        no_threshold=[b.title for b in blocks if b.no_threshold])
     notes += health_notes(marks, {str(p) for p in [profile, *(j.get("profile") for j in jobs or [])] if p})
     paper = mark_paper(_paper_table(full, rows, datasets), row_keys, marks)
     return Tables(blocks=blocks, rows=rows, notes=notes, paper=paper, full=full, reference=ref_label,
@@ -205,6 +209,10 @@ def _build_block(ds, setting, level, show_setting, full, rows, row_keys, scores,
             if r is None:
                 text = FAILED if (ds, method) in failed_methods else MISSING
                 block.cells[label][key] = Cell(text)
+            elif not r.n_seeds and key in THRESHOLD_METRICS and (ds, method) not in failed_methods:
+                # the job finished but has no threshold (e.g. a published split with no hold-out): not a failure
+                block.cells[label][key] = Cell(MISSING)
+                block.no_threshold = True
             else:
                 block.cells[label][key] = Cell(r.cell, r.mean if r.n_seeds else math.nan)
     if has_scores:
@@ -343,6 +351,9 @@ def _paper_table(full: pd.DataFrame, rows: list[str], datasets: list[str]) -> pd
                 rec[f"{m}_mean"] = float(fr.at[m, "mean"]) if m in fr.index else math.nan
                 rec[f"{m}_std"] = float(fr.at[m, "std"]) if m in fr.index else math.nan
                 rec[f"{m}_cell"] = str(fr.at[m, "cell"]) if m in fr.index else MISSING
+                if (m in THRESHOLD_METRICS and m in fr.index and not fr.at[m, "n_seeds"] and "auc" in fr.index
+                        and fr.at["auc", "n_seeds"]):  # scored, but no threshold (no hold-out): not a failure
+                    rec[f"{m}_cell"] = MISSING
             auc = fr.loc["auc"] if "auc" in fr.index else None
             rec["n_seeds"] = int(auc["n_seeds"]) if auc is not None else 0
             rec["n_failed"] = int(auc["n_failed"]) if auc is not None else 0
