@@ -15,10 +15,10 @@ A *card* is a YAML mapping (``datasets/<name>.yaml``)::
     # + the format's own keys (e.g. subject_regex, roles_from_dirs for class_folder)
 
 ``spec`` may be a card name (looked up in ``config_dirs("datasets")``), a path to a card YAML, or a raw data
-path whose format is guessed (``.npz`` -> npz; a folder with ``train/pos`` -> brainomaly; with ``train.txt``
--> covidx; with ``Data_Entry_2017*.csv`` -> chestxray14; class folders of NIfTI volumes -> brain_subjects;
-otherwise class_folder with healthy classes guessed from their names, the mapping printed to stderr). A bare
-name is always a card name; write ``./name`` for a folder of that name.
+path whose format is guessed (``.npz`` -> npz; a folder with ``train/pos`` -> brainomaly; with ``data.json`` and
+``images/`` -> medianomaly; with ``train.txt`` -> covidx; with ``Data_Entry_2017*.csv`` -> chestxray14; class
+folders of NIfTI volumes -> brain_subjects; otherwise class_folder with healthy classes guessed from their names,
+the mapping printed to stderr). A bare name is always a card name; write ``./name`` for a folder of that name.
 
 Root resolution: a relative card ``root`` is relative to the repository root (``../shared/data/<set>``; for an
 installed wheel, which has no checkout, to the working directory),
@@ -204,6 +204,8 @@ def guess_card(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a data path must be a folder or an .npz file")
     if (path / "train" / "pos").is_dir():
         return {**card, "format": "brainomaly"}
+    if (path / "data.json").is_file() and (path / "images").is_dir():
+        return {**card, "format": "medianomaly"}
     if (path / "train.txt").is_file():
         return {**card, "format": "covidx"}
     if list(path.glob("Data_Entry_2017*.csv")):
