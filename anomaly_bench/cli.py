@@ -78,7 +78,7 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
     # lazy: the harness (pandas, matplotlib, sklearn) loads only for the command that runs
     from anomaly_bench.core.config import read_yaml
     from anomaly_bench.core.experiment import DatasetSpec, MethodSpec, parse_experiment
-    from anomaly_bench.core.registry import list_methods, load_plugin
+    from anomaly_bench.core.registry import default_experiment_methods, load_plugin
     from anomaly_bench.harness.runner import Runner
 
     try:
@@ -94,7 +94,7 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             by_key = {m.key: m for m in exp.methods}
             exp.methods = [by_key.get(m, MethodSpec(name=m)) for m in methods]
         elif not exp.methods:
-            exp.methods = [MethodSpec(name=m) for m in list_methods()]
+            exp.methods = [MethodSpec(name=m) for m in default_experiment_methods()]
         if profile:
             exp.profile = profile
             for m in exp.methods:

@@ -1,16 +1,15 @@
 """The method contract every anomaly detector in the suite follows (scikit-learn style).
 
-A method is configured entirely in its constructor (``Method(**params)``), learns in ``fit`` and
-scores in ``score``. The harness (``anomaly_bench.harness.runner``) does everything else: building splits,
-seeding, checkpoint-based model selection, metrics and reports.
+A method is configured entirely in its constructor (``Method(**params)``), learns in ``fit`` and scores in
+``score``. The harness (``anomaly_bench.harness.runner``) does the rest: splits, seeding, selection, metrics, reports.
 
-* ``fit(train, ctx=None)`` gets a :class:`TrainSets`: the healthy set B and, for methods that use it,
-  the unannotated mixed set A. Labels of A never reach a method.
-* ``score(images)`` returns a :class:`ScoreResult`: one score per image (higher = more anomalous)
-  and, where the method has them, per-pixel anomaly maps and the reconstructed/translated images.
+* ``fit(train, ctx=None)`` gets a :class:`TrainSets`: the healthy set B and, for methods that use it, the
+  unannotated mixed set A (whose labels never reach a method).
+* ``score(images)`` returns a :class:`ScoreResult`: one score per image (higher = more anomalous) and, where the
+  method has them, per-pixel anomaly maps and reconstructed/translated images.
 * ``state_dict()`` / ``load_state_dict()`` carry everything needed to score; ``save``/``load`` wrap them.
-* During ``fit`` a method may call ``ctx.save_selection_checkpoint(iteration, self.state_dict())`` so
-  that the harness can pick a checkpoint without labels (pseudo-AUC, ``anomaly_bench.harness.selection``).
+* During ``fit`` a method may call ``ctx.save_selection_checkpoint(iteration, self.state_dict())`` so that the
+  harness can pick a checkpoint without labels (pseudo-AUC, :mod:`anomaly_bench.harness.selection`).
 """
 
 from __future__ import annotations
@@ -289,6 +288,7 @@ class AnomalyMethod(ABC):
         (see :func:`anomaly_bench.core.config.method_resources`).
       * ``health_loss`` (column(s) of the reconstruction term in losses.csv, or None), ``health_loss_rows`` and
         ``health_critic_rows`` (column -> value: the rows that count): see :mod:`anomaly_bench.evaluation.health`.
+      * ``in_default_experiment``: False keeps it out of ``methods: []`` (the quick start); see its docstring.
     """
 
     name: ClassVar[str] = ""
@@ -300,6 +300,7 @@ class AnomalyMethod(ABC):
     health_loss: ClassVar[str | tuple[str, ...] | None] = None
     health_loss_rows: ClassVar[dict[str, float]] = {}
     health_critic_rows: ClassVar[dict[str, float]] = {}
+    in_default_experiment: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         self.params = self.validate_params(params)
@@ -352,9 +353,8 @@ class AnomalyMethod(ABC):
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_torch_save({"method": self.name, "params": self.params, "state": self.state_dict()}, path)
-        return path
+        atomic_torch_save({"method": self.name, "params": self.params, "state": self.state_dict()}, Path(path))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "AnomalyMethod":

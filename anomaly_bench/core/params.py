@@ -26,8 +26,8 @@ def _type_ok(default: Any, value: Any) -> bool:
 #: (name pattern, least value, whether the least value itself is allowed) of the numeric method parameters
 #: checked by :meth:`AnomalyMethod.validate_params`; a count whose default is 0 (0 = off / use another
 #: setting) may be 0
-PARAM_BOUNDS = ((re.compile(r"(^|_)(iterations|epochs|batch_size)$|^(n_critic|critic_iters|r_steps|lr_update_step)$"),
-                 1, True),
+PARAM_BOUNDS = ((re.compile(r"(^|_)(iterations|epochs|batch_size)$|^(n_critic|critic_iters|r_steps|lr_update_step)$"
+                            r"|^(latent|hidden|base_width|expansion|en_depth|de_depth)$"), 1, True),
                 (re.compile(r"_every$"), 0, True), (re.compile(r"(^|_)lr$"), 0, False))
 
 

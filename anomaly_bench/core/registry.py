@@ -106,6 +106,12 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
+def default_experiment_methods() -> list[str]:
+    """The registered methods an experiment with ``methods: []`` runs: all but those whose class says
+    ``in_default_experiment = False`` (slow or protocol-specific methods, run through their own experiment file)."""
+    return [m for m in METHODS.names() if getattr(METHODS.get(m), "in_default_experiment", True)]
+
+
 def load_plugin(spec: str) -> str:
     """Import a plugin from a ``.py`` file path or a dotted module name; returns the module name."""
     path = Path(spec)

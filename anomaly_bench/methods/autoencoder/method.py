@@ -37,21 +37,28 @@ class Autoencoder(AnomalyMethod):
 
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "Autoencoder":
         p, dev = self.params, self.device
-        size = train.image_shape[-1]
-        if size % 2 ** p["depth"]:
-            raise ValueError(f"autoencoder: image size {size} must be divisible by 2**depth={2 ** p['depth']}")
+        self._check_size(train.image_shape[-1])
         gen = seed_everything(p["seed"])
-        self.channels = train.image_shape[0]
+        self.channels, self.image_size = train.image_shape[0], train.image_shape[-1]
         self._build(self.channels)
-        self._opt = torch.optim.Adam(self.net.parameters(), lr=p["lr"])
+        self._opt = torch.optim.Adam(self.net.parameters(), lr=p["lr"], weight_decay=p.get("weight_decay", 0.0))
         data = train.healthy.to(dev)
         sampler = BatchSampler(len(data), p["batch_size"], gen, data=data)
         self.net.train()
-        Trainer(self, ctx, total=p["iterations"], arch={"image_shape": tuple(train.image_shape)},
+        Trainer(self, ctx, total=self._iterations(len(data)), arch={"image_shape": tuple(train.image_shape)},
                 samplers={"x": sampler}, state={"net": self.net, "opt": self._opt},
                 resume_free=self.RESUME_FREE, release=("_opt",)).run(self.training_step)
         self.fitted_ = True
         return self
+
+    def _check_size(self, size: int) -> None:
+        step = 2 ** self.params["depth"]
+        if size % step:
+            raise ValueError(f"{self.name}: image size {size} must be divisible by 2**depth={step}")
+
+    def _iterations(self, n_train: int) -> int:
+        """Optimizer steps of the whole run (``iterations``; a subclass may count epochs of ``n_train`` images)."""
+        return self.params["iterations"]
 
     def training_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = reconstruction_loss(self.params["loss"], self.net(x), x)
