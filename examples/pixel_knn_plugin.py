@@ -2,14 +2,18 @@
 
 Use it without installing anything:
 
-    anomaly-bench run --plugin examples/pixel_knn_plugin.py --method pixel_knn --method autoencoder
+    anomaly-bench run --plugin examples/pixel_knn_plugin.py --method example_pixel_knn --method autoencoder
 
 or ship it in your own package and declare it in your pyproject.toml:
 
     [project.entry-points."anomaly_bench.methods"]
-    pixel_knn = "my_package.pixel_knn_plugin"
+    example_pixel_knn = "my_package.pixel_knn_plugin"
 
 Profiles for a plugin that ships no YAML file go in the class attribute ``profiles``.
+
+A plugin cannot register a name a built-in method already has (``register_method`` raises): the suite ships its own
+``pixel_knn`` sanity baseline (``anomaly_bench/methods/sanity.py``, this example promoted, with maps), so the example
+registers as ``example_pixel_knn``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from anomaly_bench.interface import AnomalyMethod, FitContext, ScoreResult, Trai
 from anomaly_bench.registry import register_method
 
 
-@register_method("pixel_knn")
+@register_method("example_pixel_knn")
 class PixelKNN(AnomalyMethod):
     """Mean distance to the k nearest healthy training images, on images average-pooled by ``pool``."""
 

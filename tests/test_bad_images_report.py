@@ -32,7 +32,7 @@ def _experiment(root, on_bad_image):
             "split": {"test_size": 0.4}}
     return parse_experiment({"name": "badimg", "profile": "smoke", "seeds": [0], "settings": ["inductive"],
                              "device": "cpu", "plugins": [str(EXAMPLE_PLUGIN)], "datasets": [card],
-                             "methods": ["pixel_knn"]})
+                             "methods": ["example_pixel_knn"]})
 
 
 def test_skip_lists_the_bad_file_in_table_and_html(tmp_path):

@@ -121,7 +121,7 @@ def test_line_gives_the_mean_over_seeds_and_the_range():
 def tiny_run(tmp_path_factory):
     exp = parse_experiment({"name": "c", "profile": "smoke", "seeds": [0, 1], "settings": ["inductive"],
                             "device": "cpu", "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)],
-                            "methods": ["pixel_knn"]})
+                            "methods": ["example_pixel_knn"]})
     out = tmp_path_factory.mktemp("confound") / "run"
     info = Runner(exp, out, progress=False, echo=lambda *_: None).run()
     return exp, out, info

@@ -48,7 +48,7 @@ def test_out_of_memory_is_recorded_others_continue_and_rerun_resumes(tmp_path):
     plugin.write_text(PLUGIN)
     exp = parse_experiment({"name": "oom", "profile": "smoke", "seeds": [0], "settings": ["inductive"],
                             "device": "cpu", "datasets": [CARD], "plugins": [str(EXAMPLE_PLUGIN), str(plugin)],
-                            "methods": ["oom_once_for_test", "pixel_knn"]})
+                            "methods": ["oom_once_for_test", "example_pixel_knn"]})
     out = tmp_path / "run"
     lines: list[str] = []
     info = Runner(exp, out, progress=False, echo=lines.append).run()
@@ -58,14 +58,14 @@ def test_out_of_memory_is_recorded_others_continue_and_rerun_resumes(tmp_path):
     assert "batch_size" in job["error"]  # the hint says what to change
     assert job["last_checkpoint"] and job["last_checkpoint"].endswith(".pt")
     assert any("last good checkpoint" in s for s in lines)
-    assert json.loads((out / "jobs/tiny/pixel_knn/seed0/job.json").read_text())["status"] == "done"
+    assert json.loads((out / "jobs/tiny/example_pixel_knn/seed0/job.json").read_text())["status"] == "done"
     assert "failed" in (out / "table.md").read_text()
 
     lines.clear()
     info = Runner(exp, out, progress=False, echo=lines.append).run()  # the same command again
     assert info["failed_jobs"] == []
     assert json.loads((out / "jobs/tiny/oom_once_for_test/seed0/job.json").read_text())["status"] == "done"
-    assert any("done already, skipped" in s for s in lines)  # pixel_knn was not retrained
+    assert any("done already, skipped" in s for s in lines)  # example_pixel_knn was not retrained
     assert "failed" not in (out / "table.md").read_text()
 
 

@@ -27,7 +27,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND
 def _config(tmp_path):
     exp = {"name": "fault", "profile": "smoke", "seeds": [0], "settings": ["inductive"],
            "device": "cpu", "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)], "n_maps": 4,
-           "methods": ["pixel_knn", {"name": "autoencoder",
+           "methods": ["example_pixel_knn", {"name": "autoencoder",
                                      "params": {"iterations": 30, "checkpoint_every": 10, "resume_every": 10}}]}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))

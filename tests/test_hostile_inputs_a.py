@@ -64,23 +64,23 @@ def test_any_exception_of_a_plugin_fails_its_job_only(tmp_path):
                "attrerror_m": "raise AttributeError('no attr')", "zerodiv_m": "1 / 0",
                "sysexit_m": "raise SystemExit(3)"}
     plugin = hostile_plugin(tmp_path, {m: (body, MEAN_SCORE) for m, body in raising.items()})
-    info, lines = _run(tmp_path, plugin, [*raising, "pixel_knn"])
+    info, lines = _run(tmp_path, plugin, [*raising, "example_pixel_knn"])
     assert info["failed_jobs"] == [f"tiny/{m}/seed0" for m in raising]
     for m, kind in zip(raising, ["KeyError", "TypeError", "AttributeError", "ZeroDivisionError", "SystemExit"]):
         job = _job(tmp_path, m)
         assert job["status"] == "failed" and job["error"].startswith(kind), job
         assert kind in job["traceback"] and "fit" in job["traceback"]
-    assert _job(tmp_path, "pixel_knn")["status"] == "done"
+    assert _job(tmp_path, "example_pixel_knn")["status"] == "done"
     table = (tmp_path / "run/table.md").read_text()
-    assert "pixel_knn" in table and "keyerror_m | failed" in table
+    assert "example_pixel_knn" in table and "keyerror_m | failed" in table
     assert (tmp_path / "run/report.html").is_file()
 
 
 def test_keyboard_interrupt_still_stops_the_run(tmp_path):
     plugin = hostile_plugin(tmp_path, {"ctrl_c": ("raise KeyboardInterrupt", MEAN_SCORE)})
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, plugin, ["ctrl_c", "pixel_knn"])
-    assert not (tmp_path / "run/jobs/tiny/pixel_knn").exists()  # the run stopped; a rerun resumes it
+        _run(tmp_path, plugin, ["ctrl_c", "example_pixel_knn"])
+    assert not (tmp_path / "run/jobs/tiny/example_pixel_knn").exists()  # the run stopped; a rerun resumes it
 
 
 def test_batch_size_zero_is_a_config_error_up_front(tmp_path):
@@ -133,7 +133,7 @@ def test_non_finite_scores_fail_the_job_and_say_how_many(tmp_path):
         "one_inf": ("pass", "s = images.flatten(1).mean(1).double().numpy()\n"
                             "                    s[n // 2] = np.inf\n"
                             "                    return ScoreResult(s)")})
-    info, lines = _run(tmp_path, plugin, ["all_nan", "one_inf", "pixel_knn"])
+    info, lines = _run(tmp_path, plugin, ["all_nan", "one_inf", "example_pixel_knn"])
     assert info["failed_jobs"] == ["tiny/all_nan/seed0", "tiny/one_inf/seed0"]
     err = _job(tmp_path, "all_nan")["error"]
     assert "method 'all_nan' returned" in err and "non-finite scores of" in err
@@ -142,14 +142,14 @@ def test_non_finite_scores_fail_the_job_and_say_how_many(tmp_path):
     assert "returned 1 non-finite scores of" in _job(tmp_path, "one_inf")["error"]
     assert any("FAILED" in s and "all_nan" in s for s in lines)
     table = (tmp_path / "run/table.md").read_text()
-    assert "all_nan | failed" in table and "one_inf | failed" in table and "pixel_knn | 0." in table
+    assert "all_nan | failed" in table and "one_inf | failed" in table and "example_pixel_knn | 0." in table
     assert not (tmp_path / "run/jobs/tiny/all_nan/seed0/scores_inductive.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------- item 6
 def test_an_empty_mixed_set_skips_transductive_with_one_note_and_the_rest_runs(tmp_path):
     card = {**TINY_CARD, "split": {**TINY_CARD["split"], "mixed_size": 0}}
-    exp = tiny_experiment(datasets=[card], methods=["pixel_knn", "medai_anomalypro"])
+    exp = tiny_experiment(datasets=[card], methods=["example_pixel_knn", "medai_anomalypro"])
     lines: list[str] = []
     info = Runner(exp, tmp_path / "run", progress=False, echo=lines.append).run()
     assert info["failed_jobs"] == ["tiny/medai_anomalypro/seed0"]
@@ -158,19 +158,19 @@ def test_an_empty_mixed_set_skips_transductive_with_one_note_and_the_rest_runs(t
     assert "transductive" in info["datasets"]["tiny"]["skipped_settings"]
     run_json = json.loads((tmp_path / "run/run.json").read_text())
     assert "transductive" in run_json["datasets"]["tiny"]["skipped_settings"]
-    assert _job(tmp_path, "pixel_knn")["status"] == "done"  # trains on healthy only: inductive scored
-    assert (tmp_path / "run/jobs/tiny/pixel_knn/seed0/scores_inductive.csv").is_file()
+    assert _job(tmp_path, "example_pixel_knn")["status"] == "done"  # trains on healthy only: inductive scored
+    assert (tmp_path / "run/jobs/tiny/example_pixel_knn/seed0/scores_inductive.csv").is_file()
     err = _job(tmp_path, "medai_anomalypro")["error"]
     assert err.startswith("DataError") and "split.mixed_size" in err
     table = (tmp_path / "run/table.md").read_text()
     assert "not scored" in table and "transductive setting skipped" in table
-    assert "No objects to concatenate" not in json.dumps(_job(tmp_path, "pixel_knn"))
+    assert "No objects to concatenate" not in json.dumps(_job(tmp_path, "example_pixel_knn"))
 
 
 # ---------------------------------------------------------------------------------------------- item 9
 def test_another_experiment_into_a_finished_run_folder_is_refused(tmp_path):
     out = tmp_path / "run"
-    first = tiny_experiment(methods=["pixel_knn"], settings=["inductive"])
+    first = tiny_experiment(methods=["example_pixel_knn"], settings=["inductive"])
     Runner(first, out, progress=False, echo=lambda s: None).run()
     exp_yaml, table = (out / "experiment.yaml").read_text(), (out / "table.md").read_text()
     other_card = {**TINY_CARD, "phantom": {**TINY_CARD["phantom"], "seed": 6}}
@@ -180,15 +180,15 @@ def test_another_experiment_into_a_finished_run_folder_is_refused(tmp_path):
     assert res.exit_code == 2, res.output
     assert str(out) in res.output and "datasets" in res.output and "new --out" in res.output
     assert "Traceback" not in res.output
-    more_seeds = tiny_experiment(methods=["pixel_knn"], settings=["inductive"], seeds=[0, 1])
+    more_seeds = tiny_experiment(methods=["example_pixel_knn"], settings=["inductive"], seeds=[0, 1])
     with pytest.raises(BenchError, match=r"differs in: seeds.*other seeds"):
         Runner(more_seeds, out, progress=False, echo=lambda s: None).run()
     other_methods = tiny_experiment(methods=["autoencoder"], settings=["inductive"])
-    with pytest.raises(BenchError, match=r"differs in: methods"):  # pixel_knn's results would lose their config
+    with pytest.raises(BenchError, match=r"differs in: methods"):  # example_pixel_knn's results would lose their config
         Runner(other_methods, out, progress=False, echo=lambda s: None).run()
     # nothing of the finished run was touched, and the same experiment still resumes (everything skipped)
     assert (out / "experiment.yaml").read_text() == exp_yaml and (out / "table.md").read_text() == table
     lines: list[str] = []
-    Runner(tiny_experiment(methods=["pixel_knn"], settings=["inductive"]), out, progress=False,
+    Runner(tiny_experiment(methods=["example_pixel_knn"], settings=["inductive"]), out, progress=False,
            echo=lines.append).run()
     assert any("done already, skipped" in s for s in lines)

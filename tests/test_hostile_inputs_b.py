@@ -39,13 +39,13 @@ def run_args(tmp_path: Path, *extra: str, dataset: str | Path | None = None) -> 
     card = tmp_path / "tiny.yaml"
     if not card.exists():
         card.write_text(yaml.safe_dump(TINY_CARD))
-    return ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "pixel_knn", "--dataset", str(dataset or card),
+    return ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "example_pixel_knn", "--dataset", str(dataset or card),
             "--device", "cpu", "--no-progress", *extra]
 
 
 def write_experiment(tmp_path: Path, **over) -> Path:
     exp = {"name": "h", "profile": "smoke", "seeds": [0], "settings": ["inductive"], "device": "cpu",
-           "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)], "methods": ["pixel_knn"], **over}
+           "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)], "methods": ["example_pixel_knn"], **over}
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(exp))
     return p
@@ -151,8 +151,9 @@ def test_link_within_its_own_class_and_link_loops_still_load(tmp_path):
     ({"datasets": [{"card": TINY_CARD, "image_size": "big"}]}, ["image_size", "'big'"]),
     ({"device": "gpu"}, ["device", "'gpu'", "cpu, cuda", "auto", "mps"]),
     ({"n_maps": -3}, ["n_maps", "-3", ">= 0"]),
-    ({"methods": [{"name": "pixel_knn", "label": "../../../evil"}]}, ["label", "../../../evil", "path separators"]),
-    ({"methods": [{"name": "pixel_knn", "label": ".hidden"}]}, ["label", ".hidden"]),
+    ({"methods": [{"name": "example_pixel_knn", "label": "../../../evil"}]},
+     ["label", "../../../evil", "path separators"]),
+    ({"methods": [{"name": "example_pixel_knn", "label": ".hidden"}]}, ["label", ".hidden"]),
     ({"seeds": [-1]}, ["seeds", "-1"]),
     ({"methods": [{"name": "autoencoder", "params": {"iterations": -5}}]}, ["iterations", ">= 1", "-5"]),
     ({"methods": [{"name": "autoencoder", "params": {"lr": 0}}]}, ["'lr'", "> 0"]),
@@ -246,10 +247,10 @@ def test_resume_drops_loss_rows_logged_after_the_resume_state(tmp_path):
 def test_corrupt_resume_file_is_set_aside_and_deleted_scores_rerun_the_job(tmp_path):
     from anomaly_bench.harness.runner import Runner
 
-    exp = parse_experiment(yaml.safe_load(write_experiment(tmp_path, methods=[AE, "pixel_knn"]).read_text()))
+    exp = parse_experiment(yaml.safe_load(write_experiment(tmp_path, methods=[AE, "example_pixel_knn"]).read_text()))
     out = tmp_path / "o"
     Runner(exp, out, progress=False, echo=lambda s: None).run()
-    ae, knn = out / "jobs/tiny/autoencoder/seed0", out / "jobs/tiny/pixel_knn/seed0"
+    ae, knn = out / "jobs/tiny/autoencoder/seed0", out / "jobs/tiny/example_pixel_knn/seed0"
     before = (ae / "scores_inductive.csv").read_text()
     _as_if_killed(ae)
     (ae / "work/resume.pt").write_bytes(b"\x80\x02 half a pickle")
@@ -262,7 +263,7 @@ def test_corrupt_resume_file_is_set_aside_and_deleted_scores_rerun_the_job(tmp_p
     assert (ae / "work/resume.pt.corrupt").is_file()
     assert (ae / "scores_inductive.csv").read_text() == before  # trained from scratch: the same result
     assert "scores_inductive.csv is missing; rerunning the job" in text and "done already" not in text
-    assert (knn / "scores_inductive.csv").is_file() and "pixel_knn" in (out / "table.md").read_text()
+    assert (knn / "scores_inductive.csv").is_file() and "example_pixel_knn" in (out / "table.md").read_text()
 
 
 # ------------------------------------------------------------------------------ item 8: report and regress inputs
@@ -276,15 +277,15 @@ def finished_run(tmp_path) -> Path:
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "list"])
 def test_report_on_a_damaged_job_json(finished_run, damage):
-    meta = finished_run / "jobs/tiny/pixel_knn/seed0/job.json"
+    meta = finished_run / "jobs/tiny/example_pixel_knn/seed0/job.json"
     text = {"truncated": meta.read_text()[:40], "empty": "", "list": "[1, 2]"}[damage]
     meta.write_text(text)
-    cli_error(["report", finished_run], "pixel_knn/seed0/job.json", "rerun the same")
+    cli_error(["report", finished_run], "example_pixel_knn/seed0/job.json", "rerun the same")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "labels"])
 def test_report_on_a_damaged_scores_csv(finished_run, damage):
-    f = finished_run / "jobs/tiny/pixel_knn/seed0/scores_inductive.csv"
+    f = finished_run / "jobs/tiny/example_pixel_knn/seed0/scores_inductive.csv"
     text = f.read_text()
     bad = {"truncated": text[:30], "garbage": "\x00\x01not,a\ncsv", "labels": text.replace(",0,", ",7,")}
     f.write_text(bad[damage])

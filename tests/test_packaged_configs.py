@@ -75,5 +75,5 @@ def test_plugin_without_yaml_keeps_its_class_profiles(tmp_path, monkeypatch):
     load_plugin(str(REPO_DIR / "examples" / "pixel_knn_plugin.py"))
     monkeypatch.setattr(config, "REPO_DIR", tmp_path)
     monkeypatch.setattr(config, "SHIPPED_DIR", tmp_path / "nowhere")
-    assert config.method_yaml_path("pixel_knn") is None
-    assert method_params("pixel_knn", "smoke")["k"] == 3
+    assert config.method_yaml_path("example_pixel_knn") is None
+    assert method_params("example_pixel_knn", "smoke")["k"] == 3

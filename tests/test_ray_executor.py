@@ -93,7 +93,7 @@ def test_job_request_follows_profile_and_device():
     assert method_resources("autoencoder", "paper") == {"cpus": 8, "gpus": 1, "memory_gb": 16}
     assert method_resources("autoencoder", "ci") == method_resources("autoencoder", None)
     load_plugin(str(EXAMPLE_PLUGIN))
-    assert method_resources("pixel_knn", "smoke") == {"cpus": 1, "gpus": 0, "memory_gb": 0}
+    assert method_resources("example_pixel_knn", "smoke") == {"cpus": 1, "gpus": 0, "memory_gb": 0}
 
 
 def test_bad_resources_and_missing_ray_are_clear(tmp_path, monkeypatch):
@@ -103,7 +103,7 @@ def test_bad_resources_and_missing_ray_are_clear(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="gpu"):
         method_resources("autoencoder", "smoke", yaml_path=bad / "autoencoder.yaml")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
-    exp = grid(EXAMPLE_PLUGIN, methods=["pixel_knn"])
+    exp = grid(EXAMPLE_PLUGIN, methods=["example_pixel_knn"])
     with pytest.raises(BenchError, match=r"anomaly-bench\[ray\]"):
         Runner(exp, tmp_path / "out", progress=False, echo=lambda s: None, executor="ray")
     res = CliRunner().invoke(main, ["run", "--ray-address", "auto", "--out", str(tmp_path / "o")])
@@ -113,7 +113,7 @@ def test_bad_resources_and_missing_ray_are_clear(tmp_path, monkeypatch):
 def test_task_refuses_other_data_or_version(tmp_path, monkeypatch):
     """A task whose node reads other data (or runs another anomaly-bench) fails instead of scoring it; the
     worker's environment and torch threads are restored after the task."""
-    exp = grid(EXAMPLE_PLUGIN, methods=["pixel_knn"], seeds=[0])
+    exp = grid(EXAMPLE_PLUGIN, methods=["example_pixel_knn"], seeds=[0])
     monkeypatch.setenv("ANOMALY_BENCH_IO_WORKERS", "1")
     payload = {"exp": exp, "out": str(tmp_path), "data_root": None, "spec": exp.datasets[0], "dataset": "tiny",
                "fingerprint": "0" * 16, "split": None, "seed": 0, "method": exp.methods[0], "threads": 1,
@@ -200,12 +200,12 @@ def test_ray_gathers_job_folders_back(ray_instance, tmp_path, monkeypatch):
     """Without a shared output folder the job folder comes back through Ray: same scores as locally, and the
     folder as a shared file system would have it (checkpoints, and the paths that name them)."""
     one_cpu_profiles(tmp_path, monkeypatch)
-    methods = ["pixel_knn", {"name": "autoencoder", "params": {"iterations": 10, "checkpoint_every": 5}}]
+    methods = ["example_pixel_knn", {"name": "autoencoder", "params": {"iterations": 10, "checkpoint_every": 5}}]
     exp = lambda: grid(EXAMPLE_PLUGIN, seeds=[0], settings=["inductive"], methods=methods)  # noqa: E731
     local, remote = tmp_path / "local" / "run", tmp_path / "ray" / "run"
     run_local(exp(), local, threads=1)
     Runner(exp(), remote, progress=False, echo=lambda s: None, executor="ray", ray_gather=True).run()
-    for m in ("pixel_knn", "autoencoder"):
+    for m in ("example_pixel_knn", "autoencoder"):
         j = job(remote, m)
         assert j["status"] == "done" and j["output"] == "gathered" and j["torch_threads"] == 1
         assert (remote / f"jobs/tiny/{m}/seed0/model.pt").is_file()

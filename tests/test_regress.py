@@ -17,7 +17,7 @@ TINY = {"name": "tinyreg", "format": "phantom", "image_size": 64,
 
 def _experiment(tmp_path, extra_datasets=()):
     exp = {"name": "reg", "profile": "smoke", "seeds": [0], "settings": ["inductive"], "device": "cpu",
-           "plugins": [str(EXAMPLE_PLUGIN)], "datasets": [TINY, *extra_datasets], "methods": ["pixel_knn"]}
+           "plugins": [str(EXAMPLE_PLUGIN)], "datasets": [TINY, *extra_datasets], "methods": ["example_pixel_knn"]}
     path = tmp_path / "regression.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path
@@ -33,7 +33,7 @@ def test_update_then_pass_then_corrupted_reference_fails(tmp_path):
     res = _regress(tmp_path, ref, "--update")
     assert res.exit_code == 0, res.output
     values = json.loads(ref.read_text())["values"]
-    key = "tinyreg|inductive|pixel_knn|last|image|auc"
+    key = "tinyreg|inductive|example_pixel_knn|last|image|auc"
     assert key in values and 0 <= values[key]["mean"] <= 1 and values[key]["n"] == 1 and values[key]["sd"] == 0
 
     res = _regress(tmp_path, ref)
@@ -45,7 +45,7 @@ def test_update_then_pass_then_corrupted_reference_fails(tmp_path):
     ref.write_text(json.dumps(blob))
     res = _regress(tmp_path, ref)
     assert res.exit_code == 1
-    assert "REGRESSION" in res.output and "pixel_knn on tinyreg" in res.output and "AUC fell" in res.output
+    assert "REGRESSION" in res.output and "example_pixel_knn on tinyreg" in res.output and "AUC fell" in res.output
 
 
 def test_missing_method_and_nonfinite_are_problems():
@@ -80,19 +80,19 @@ def test_random_scores_fail_by_rank_correlation_even_when_auc_does_not_drop(tmp_
     ref = tmp_path / "ref.json"
     assert _regress(tmp_path, ref, "--update").exit_code == 0
     blob = json.loads(ref.read_text())
-    sample = blob["scores"]["tinyreg|inductive|pixel_knn|last|0"]
+    sample = blob["scores"]["tinyreg|inductive|example_pixel_knn|last|0"]
     assert 3 <= len(sample) <= 200 and all(isinstance(v, float) for v in sample.values())
     # the AUC guard alone would let a random method through: pretend the reference AUC was at chance
-    key = "tinyreg|inductive|pixel_knn|last|image|auc"
+    key = "tinyreg|inductive|example_pixel_knn|last|image|auc"
     blob["values"][key]["mean"] = 0.0
     ref.write_text(json.dumps(blob))
 
-    cls = get_method("pixel_knn")
+    cls = get_method("example_pixel_knn")
     rng = np.random.default_rng(123)
     monkeypatch.setattr(cls, "score", lambda self, images: ScoreResult(rng.random(len(images))))
     res = _regress(tmp_path, ref)
     assert res.exit_code == 1, res.output
-    assert "per-image scores no longer match" in res.output and "pixel_knn on tinyreg" in res.output
+    assert "per-image scores no longer match" in res.output and "example_pixel_knn on tinyreg" in res.output
     assert "image AUC 0.0000 ->" in res.output and "SCORES CHANGED" in res.output
     assert "AUC fell" not in res.output  # caught by the scores, not by the AUC
 

@@ -24,7 +24,7 @@ def tiny_experiment(**over):
     data = {"name": "t", "profile": "smoke", "seeds": [0], "settings": ["inductive", "transductive"],
             "device": "cpu", "datasets": [TINY_CARD], "plugins": [str(EXAMPLE_PLUGIN)],
             "methods": [{"name": "autoencoder", "params": {"iterations": 30, "checkpoint_every": 10}},
-                        "pixel_knn"], "n_maps": 4}
+                        "example_pixel_knn"], "n_maps": 4}
     data.update(over)
     return parse_experiment(data)
 
@@ -37,7 +37,7 @@ def test_run_writes_every_output_and_resumes(tmp_path):
                  "run.json", "experiment.yaml", "splits/tiny_seed0.csv"):
         assert (out / name).is_file(), name
     table = (out / "table.md").read_text()
-    assert "autoencoder" in table and "pixel_knn" in table
+    assert "autoencoder" in table and "example_pixel_knn" in table
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics["setting"]) == {"inductive", "transductive"}
     assert {"auc", "ap", "precision", "recall", "specificity", "f1"} <= set(metrics["metric"])
@@ -46,16 +46,16 @@ def test_run_writes_every_output_and_resumes(tmp_path):
     assert list(sel["iteration"]) == [10, 20, 30] and sel["aucp"].between(0, 1).all()
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores[scores.method == "autoencoder"]["selection"]) == {"last", "aucp"}
-    assert set(scores[scores.method == "pixel_knn"]["selection"]) == {"last"}
+    assert set(scores[scores.method == "example_pixel_knn"]["selection"]) == {"last"}
     # label-free thresholds: the 0.95 quantile of the job's own held-out healthy scores, constant per job/selection
     manifest = pd.read_csv(out / "splits/tiny_seed0.csv", dtype={"id": str})
     assert (manifest["role"] == "holdout_healthy").sum() > 0
     per_job = scores.groupby(["method", "selection"])["threshold"].nunique()
     assert (per_job == 1).all() and scores["threshold"].notna().all()
     # the bootstrap clusters are the split units (subjects of the phantom: 3 slices each)
-    test = scores[(scores.method == "pixel_knn") & (scores.setting == "inductive")]
+    test = scores[(scores.method == "example_pixel_knn") & (scores.setting == "inductive")]
     assert test.groupby("subject")["cluster"].nunique().max() == 1 and test["cluster"].duplicated().any()
-    m = metrics[(metrics.method == "pixel_knn") & (metrics.setting == "inductive") & (metrics.level == "image")]
+    m = metrics[(metrics.method == "example_pixel_knn") & (metrics.setting == "inductive") & (metrics.level == "image")]
     assert m.set_index("metric").at["threshold", "value"] == pytest.approx(test["threshold"].iloc[0])
     assert {"oracle_threshold", "oracle_f1"} <= set(m["metric"])
     assert "table_other_selection.md" in os.listdir(out) and "(AUCp)" not in table  # selection: last
@@ -91,12 +91,12 @@ def test_failed_job_is_recorded_and_others_continue(tmp_path):
     plugin = tmp_path / "diverging.py"
     plugin.write_text(diverging_plugin_source("diverging_for_test"))
     exp = tiny_experiment(plugins=[str(EXAMPLE_PLUGIN), str(plugin)], settings=["inductive"],
-                          methods=["diverging_for_test", "pixel_knn"])
+                          methods=["diverging_for_test", "example_pixel_knn"])
     info = Runner(exp, tmp_path / "run", progress=False, echo=lambda s: None).run()
     assert info["failed_jobs"] == ["tiny/diverging_for_test/seed0"]
     job = json.loads((tmp_path / "run/jobs/tiny/diverging_for_test/seed0/job.json").read_text())
     assert job["status"] == "failed" and "loss_d" in job["error"] and "iteration 7" in job["error"]
-    assert json.loads((tmp_path / "run/jobs/tiny/pixel_knn/seed0/job.json").read_text())["status"] == "done"
+    assert json.loads((tmp_path / "run/jobs/tiny/example_pixel_knn/seed0/job.json").read_text())["status"] == "done"
     assert "failed" in (tmp_path / "run/table.md").read_text()
 
 
@@ -117,12 +117,12 @@ def test_fit_warnings_are_kept_in_job_json(tmp_path):
         "    def state_dict(self):\n        return {}\n"
         "    def load_state_dict(self, s):\n        pass\n")
     exp = tiny_experiment(plugins=[str(EXAMPLE_PLUGIN), str(plugin)], settings=["inductive"],
-                          methods=["warner_for_test", "pixel_knn"])
+                          methods=["warner_for_test", "example_pixel_knn"])
     Runner(exp, tmp_path / "run", progress=False, echo=lambda s: None).run()
     job = json.loads((tmp_path / "run/jobs/tiny/warner_for_test/seed0/job.json").read_text())
     assert job["status"] == "done" and len(job["warnings"]) == 1
     assert job["warnings"][0].startswith("look at me: ") and not job["warnings"][0].endswith(" 0 images")
-    assert "warnings" not in json.loads((tmp_path / "run/jobs/tiny/pixel_knn/seed0/job.json").read_text())
+    assert "warnings" not in json.loads((tmp_path / "run/jobs/tiny/example_pixel_knn/seed0/job.json").read_text())
 
 
 def test_lock_refuses_a_second_runner(tmp_path):
@@ -132,20 +132,20 @@ def test_lock_refuses_a_second_runner(tmp_path):
     with pytest.raises(BenchError, match="another anomaly-bench process"):
         Runner(tiny_experiment(), out, progress=False, echo=lambda s: None).run()
     (out / ".lock").write_text("999999999 stale\n")  # a dead pid: the stale lock is taken over
-    Runner(tiny_experiment(methods=["pixel_knn"]), out, progress=False, echo=lambda s: None).run()
+    Runner(tiny_experiment(methods=["example_pixel_knn"]), out, progress=False, echo=lambda s: None).run()
     assert not (out / ".lock").exists()
 
 
 def test_cli_plugin_file_is_discovered_trained_and_tabled(tmp_path):
     card = tmp_path / "tiny.yaml"
     card.write_text(yaml.safe_dump(TINY_CARD))
-    res = CliRunner().invoke(main, ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "pixel_knn",
+    res = CliRunner().invoke(main, ["run", "--plugin", str(EXAMPLE_PLUGIN), "--method", "example_pixel_knn",
                                     "--dataset", str(card), "--out", str(tmp_path / "out"), "--device", "cpu",
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "pixel_knn" in (tmp_path / "out/table.md").read_text()
+    assert "example_pixel_knn" in (tmp_path / "out/table.md").read_text()
     listed = CliRunner().invoke(main, ["list", "methods", "--plugin", str(EXAMPLE_PLUGIN)])
-    assert listed.exit_code == 0 and "pixel_knn" in listed.output and "autoencoder" in listed.output
+    assert listed.exit_code == 0 and "example_pixel_knn" in listed.output and "autoencoder" in listed.output
 
 
 def test_cli_rejects_unknown_method_and_bad_experiment_keys(tmp_path):

@@ -119,13 +119,14 @@ def test_critic_gap_from_d_real_and_d_fake():
 @pytest.fixture(scope="module")
 def undertrained_run(tmp_path_factory):
     """A 20-iteration autoencoder (loss still falling fast, reconstructions worse than the mean image) beside
-    pixel_knn (no training loop) on the tiny phantom."""
+    example_pixel_knn (no training loop) on the tiny phantom."""
     from anomaly_bench.harness.runner import Runner
     from test_runner import tiny_experiment
 
     out = tmp_path_factory.mktemp("health") / "run"
     exp = tiny_experiment(settings=["inductive"], methods=[
-        {"name": "autoencoder", "params": {"iterations": 20, "checkpoint_every": 10, "log_every": 2}}, "pixel_knn"])
+        {"name": "autoencoder", "params": {"iterations": 20, "checkpoint_every": 10, "log_every": 2}},
+        "example_pixel_knn"])
     Runner(exp, out, progress=False, echo=lambda s: None).run()
     return out
 
@@ -141,7 +142,7 @@ def test_undertrained_job_is_recorded_and_marked_in_every_table(undertrained_run
     assert FLAG_MAE in h["flags"] and h["mae_ratio"] >= MAX_MAE_RATIO
     assert h["final"]["mae"] == pytest.approx(h["mae_ratio"] * h["mean_image"]["mae"], rel=1e-4)
     assert h["loss_fall_last20"] is not None and h["critic_gap"] is None
-    assert _job(out, "pixel_knn")["health"] == {"not_iterative": True}
+    assert _job(out, "example_pixel_knn")["health"] == {"not_iterative": True}
     # selection.csv: the same healthy scoring per checkpoint; its last checkpoint is the final model
     sel = pd.read_csv(out / "jobs/tiny/autoencoder/seed0/selection.csv")
     assert {"healthy_mae", "healthy_psnr", "healthy_ssim"} <= set(sel.columns)
@@ -151,13 +152,13 @@ def test_undertrained_job_is_recorded_and_marked_in_every_table(undertrained_run
     table = (out / "table.md").read_text()
     main = table.split("Notes:")[0]
     ae_rows = [ln for ln in main.splitlines() if ln.startswith("| autoencoder |")]
-    knn_rows = [ln for ln in main.splitlines() if ln.startswith("| pixel_knn |")]
+    knn_rows = [ln for ln in main.splitlines() if ln.startswith("| example_pixel_knn |")]
     assert ae_rows and all(ln.split("|")[2].strip().endswith("⚑") for ln in ae_rows)  # the AUC column
     assert knn_rows and not any("⚑" in ln for ln in knn_rows)
     assert "⚑: under-trained in k of n seeds" in table and "autoencoder on tiny: 1 of 1 seeds" in table
     assert "Profile `smoke`" in table and "not the methods' accuracy" in table
     section = table.split("## Training health: tiny")[1]
-    assert "| autoencoder | 1 | 1 of 1 ⚑ |" in section and "| pixel_knn | 1 | not iterative |" in section
+    assert "| autoencoder | 1 | 1 of 1 ⚑ |" in section and "| example_pixel_knn | 1 | not iterative |" in section
     assert FLAG_MAE in section
     paper = (out / "table_paper.md").read_text()
     assert any(ln.startswith("| autoencoder |") and "⚑" in ln.split("|")[3] for ln in paper.splitlines())
@@ -175,7 +176,7 @@ def test_old_job_json_without_health_still_reports(undertrained_run, tmp_path):
 
     out = tmp_path / "old"
     shutil.copytree(undertrained_run, out)
-    for method in ("autoencoder", "pixel_knn"):
+    for method in ("autoencoder", "example_pixel_knn"):
         path = out / f"jobs/tiny/{method}/seed0/job.json"
         meta = json.loads(path.read_text())
         del meta["health"]
