@@ -8,6 +8,10 @@ from conftest import EXAMPLE_PLUGIN
 
 load_plugin(str(EXAMPLE_PLUGIN))
 
+# every method trains here: one torch thread (conftest.one_thread; 2 threads on a busy 2-core machine made the
+# CS-Flow check 13x slower)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("name", list_methods())
 def test_method_contract(name):
