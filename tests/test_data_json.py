@@ -19,8 +19,9 @@ from PIL import Image
 from anomaly_bench.core.errors import ConfigError, DataError
 from anomaly_bench.data.data_json import read_data_json
 from anomaly_bench.data.loading import load_dataset
+from anomaly_bench.data.published_split import read_manifest
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.data.split import Split, SplitConfig, check_split, make_split, read_manifest, write_manifest
+from anomaly_bench.data.split import Split, SplitConfig, check_split, make_split, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

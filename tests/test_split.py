@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.data.published_split import read_manifest
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.data.split import SplitConfig, make_split, read_manifest, write_manifest
+from anomaly_bench.data.split import SplitConfig, make_split, write_manifest
 
 
 def make_ds(n_subjects=120, slices=3, frac_diseased=0.4, dup_pairs=10, roles=None, seed=0):

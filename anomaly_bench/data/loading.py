@@ -325,7 +325,7 @@ def load_dataset(spec: str | Path | dict[str, Any], data_root: str | Path | None
         raise DataError(f"format '{card['format']}' returned {tuple(ds.images.shape[-2:])} images for "
                         f"image_size {size}")
     file_sha = ds.meta.pop("file_sha256", None)
-    ds.meta["content_sha256"] = file_sha  # exact copies of a published split (data.split.published_cross_role)
+    ds.meta["content_sha256"] = file_sha  # exact copies of a published split (published_split.published_cross_role)
     ds.meta.setdefault("skipped_images", [])
     ds.meta["card"] = {k: v for k, v in card.items() if not str(k).startswith("_")}
     ds.meta["card_source"] = where

@@ -30,141 +30,24 @@ and ``train/unlabeled``, a deviation from the published protocol, recorded in th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.core.errors import ConfigError, DataError
-from anomaly_bench.data.data_json import DEFAULT_MAX_MISSING, match_names, read_data_json
+from anomaly_bench.core.errors import DataError
+from anomaly_bench.data.published_split import data_json_split, read_manifest, resolve_split_file
 from anomaly_bench.data.records import ImageDataset
-
-ROLES = ("test", "healthy", "mixed", "holdout_healthy", "holdout_mixed", "unused")
-#: ``test_diseased_fraction: natural``: no forced class balance; every image no training role takes is tested.
-NATURAL = "natural"
-
-
-@dataclass
-class SplitConfig:
-    """Split settings (a dataset card's or experiment's ``split:`` section).
-
-    Sizes are image counts (int) or fractions of the available images (float < 1).
-    ``mixed_diseased`` / ``mixed_healthy`` give set A's composition exactly (the paper's COVIDx protocol:
-    1,570 + 3,663); otherwise ``mixed_size`` and ``mixed_diseased_fraction`` do. With neither, A takes
-    every diseased training image plus enough healthy ones for the requested fraction, never more than
-    half of the healthy pool (the rest is B).
-    ``test_diseased_fraction: natural`` keeps the data's own prevalence: the ``test_size`` draw ignores the class
-    and every image left over once A, B and the hold-outs are drawn joins the test set (all remaining images; a
-    published test list is kept whole). The default, 0.5, balances the test set.
-    ``seed`` fixes the split's own random draw; by default (null) each job seed draws its own split, so a
-    seed's result varies with both the test images and the training. A fixed ``seed`` keeps one split for every
-    job seed, so seeds then vary the training alone (the regression experiment's spread).
-    ``holdout_fraction`` (default null: 0.1 for the suite's splits, 0 for a ``data_json`` split) is the part of A
-    and B held out for label-free thresholds and checkpoint selection.
-    ``manifest`` (a CSV written by :func:`write_manifest`) or ``data_json`` (a DDAD / MedIAnomaly ``data.json``;
-    a relative path is resolved like the card's ``root``) give a published split, taken as given (module
-    docstring); with ``data_json`` the other size keys are not used. ``data_json_max_missing``: the fraction of the
-    file's names that may be absent from the data (skipped and reported) before it is an error.
-    """
-
-    test_size: int | float = 0.2
-    test_diseased_fraction: float | str = 0.5
-    mixed_size: int | float | None = None
-    mixed_diseased_fraction: float = 0.3
-    mixed_diseased: int | None = None
-    mixed_healthy: int | None = None
-    healthy_size: int | float | None = None
-    holdout_fraction: float | None = None
-    use_predefined_roles: bool = True
-    manifest: str | None = None
-    data_json: str | None = None
-    data_json_max_missing: float = DEFAULT_MAX_MISSING
-    seed: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "split") -> "SplitConfig":
-        d = dict(d or {})
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-        cfg = cls(**d)
-        for name in ("test_diseased_fraction", "mixed_diseased_fraction", "holdout_fraction",
-                     "data_json_max_missing"):
-            v = getattr(cfg, name)
-            if (name == "test_diseased_fraction" and v == NATURAL) or (name == "holdout_fraction" and v is None):
-                continue
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{where}.{name} must be a number in [0, 1], got {v!r}")
-        if cfg.seed is not None and (isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int)):
-            raise ConfigError(f"{where}.seed must be an integer or null (null: each job seed draws its own "
-                              f"split), got {cfg.seed!r}")
-        for name in ("test_size", "mixed_size", "healthy_size", "mixed_diseased", "mixed_healthy"):
-            v = getattr(cfg, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                raise ConfigError(f"{where}.{name} must be a non-negative number or null, got {v!r}")
-        for name in ("manifest", "data_json"):
-            v = getattr(cfg, name)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
-                raise ConfigError(f"{where}.{name} must be a file path (a string) or null, got {v!r}")
-        if cfg.manifest and cfg.data_json:
-            raise ConfigError(f"{where}: give split.manifest or split.data_json, not both (each is a whole split)")
-        return cfg
-
-    def holdout(self, published: bool) -> float:
-        """The effective hold-out fraction: the setting, else 0.1 (0 for a published ``data_json`` split)."""
-        if self.holdout_fraction is not None:
-            return float(self.holdout_fraction)
-        return 0.0 if published else 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Split:
-    roles: np.ndarray  # (N,) object array of role names
-    units: np.ndarray  # (N,) int unit id
-    report: dict[str, Any]
-
-    def indices(self, role: str) -> np.ndarray:
-        return np.flatnonzero(self.roles == role)
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        return self.report["counts"]
-
-
-def _units(ds: ImageDataset) -> np.ndarray:
-    """Union-find over subject ids and duplicate groups: one unit per connected component."""
-    n = len(ds)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def link(groups) -> None:
-        first: dict[Any, int] = {}
-        for i, g in enumerate(groups):
-            if g is None or (isinstance(g, (int, np.integer)) and g < 0):
-                continue
-            if g in first:
-                a, b = find(i), find(first[g])
-                if a != b:
-                    parent[a] = b
-            else:
-                first[g] = i
-
-    link(ds.subject_ids)
-    if ds.dup_groups is not None:
-        link([int(g) for g in ds.dup_groups])
-    roots = np.array([find(i) for i in range(n)])
-    _, unit = np.unique(roots, return_inverse=True)
-    return unit
+from anomaly_bench.data.split_roles import (  # noqa: F401  (re-exported: the split's public names live here too)
+    NATURAL,
+    ROLES,
+    Split,
+    SplitConfig,
+    _units,
+    check_split,
+    role_counts,
+)
 
 
 def _count(x: int | float | None, total: int) -> int | None:
@@ -321,42 +204,6 @@ def _select_test(cand, ulabel, sizes, want, frac_d, role_of_unit, shuffled) -> N
         role_of_unit[u] = "test"
 
 
-def role_counts(roles: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, int]]:
-    return {r: {"healthy": int(((roles == r) & (labels == 0)).sum()),
-                "diseased": int(((roles == r) & (labels == 1)).sum())} for r in ROLES}
-
-
-def check_split(split: Split, ds: ImageDataset, published: bool = False) -> None:
-    """Assert the leakage rules: one role per subject and per duplicate group; test set has both classes;
-    set B holds no diseased image. A ``published`` split (manifest, data.json) is taken as given: its duplicate
-    groups spanning several roles are kept and counted (:func:`published_cross_role`), not refused."""
-    roles = split.roles
-    by_subject: dict[str, set] = {}
-    for s, r in zip(ds.subject_ids, roles):
-        by_subject.setdefault(s, set()).add(r)
-    leaked = [s for s, r in by_subject.items() if len(r) > 1]
-    if leaked:
-        raise DataError(f"split: subjects in several roles: {leaked[:5]} (bug in the split or the manifest)")
-    if ds.dup_groups is not None:
-        by_group: dict[int, set] = {}
-        for g, r in zip(ds.dup_groups, roles):
-            if g >= 0:
-                by_group.setdefault(int(g), set()).add(r)
-        bad = [g for g, r in by_group.items() if len(r) > 1]
-        if bad and not published:
-            raise DataError(f"split: duplicate groups {bad[:5]} span several roles")
-    for role in ("healthy", "holdout_healthy"):
-        if ((roles == role) & (ds.labels == 1)).any():
-            raise DataError(f"split: diseased images in the healthy role '{role}' (check the class mapping)")
-    test_labels = ds.labels[roles == "test"]
-    if len(test_labels) == 0 or len(set(test_labels)) < 2:
-        raise DataError(f"split: the test set needs healthy and diseased images, got {len(test_labels)} images "
-                        f"with labels {sorted(set(test_labels.tolist()))}; check split.test_size / the dataset")
-    if not (roles == "healthy").any():
-        raise DataError("split: healthy set B is empty; lower split.test_size or split.mixed_* so that "
-                        "healthy training images remain")
-
-
 def write_manifest(split: Split, ds: ImageDataset, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,97 +215,3 @@ def write_manifest(split: Split, ds: ImageDataset, path: str | Path) -> Path:
     df.to_csv(tmp, index=False)
     tmp.replace(path)
     return path
-
-
-def read_manifest(path: str | Path, ds: ImageDataset) -> Split:
-    """Read a manifest written by :func:`write_manifest` (or by hand: columns ``id`` and ``role``)."""
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "subject": str})
-    except FileNotFoundError:
-        raise DataError(f"split manifest {path}: file not found") from None
-    except Exception as exc:
-        raise DataError(f"split manifest {path}: not a readable CSV ({exc})") from None
-    for col in ("id", "role"):
-        if col not in df.columns:
-            raise DataError(f"split manifest {path}: missing column '{col}' (need at least id, role)")
-    bad_roles = sorted(set(df["role"]) - set(ROLES))
-    if bad_roles:
-        raise DataError(f"split manifest {path}: unknown roles {bad_roles}; allowed: {list(ROLES)}")
-    pos = {i: k for k, i in enumerate(ds.ids)}
-    missing = [i for i in df["id"] if i not in pos]
-    if missing:
-        raise DataError(f"split manifest {path}: {len(missing)} ids are not in dataset '{ds.name}' "
-                        f"(first: {missing[:3]}); was it written for another dataset or image size?")
-    roles = np.array(["unused"] * len(ds), dtype=object)
-    roles[[pos[i] for i in df["id"]]] = df["role"].to_numpy()
-    if "label" in df.columns:
-        lab = ds.labels[[pos[i] for i in df["id"]]]
-        if (lab != df["label"].to_numpy()).any():
-            raise DataError(f"split manifest {path}: labels disagree with dataset '{ds.name}'")
-    split = Split(roles=roles, units=_units(ds), report={"manifest": str(path)})
-    split.report["counts"] = role_counts(roles, ds.labels)
-    split.report["published"] = {"source": "manifest", "path": str(path),
-                                 "holdout": "as the manifest gives them"}
-    check_split(split, ds, published=True)
-    split.report["published_split_cross_role_duplicates"] = published_cross_role(ds, roles)
-    return split
-
-
-def resolve_split_file(path: str | Path, ds: ImageDataset) -> Path:
-    """A split file named in a ``split`` section: absolute as written; relative like the card's ``root``
-    (:func:`anomaly_bench.data.loading.resolve_data_path`: the checkout, else the card's folder)."""
-    from anomaly_bench.data.loading import resolve_data_path
-
-    return resolve_data_path(str(path), ds.meta.get("card_source"), ds.meta.get("data_root"))
-
-
-def published_cross_role(ds: ImageDataset, roles: np.ndarray) -> dict[str, Any]:
-    """:func:`anomaly_bench.data.leakage.cross_role_duplicates` for a published split of ``ds``."""
-    from anomaly_bench.data.dedup import exact_groups
-    from anomaly_bench.data.leakage import cross_role_duplicates
-
-    exact = exact_groups(ds.images, ds.meta.get("content_sha256"))
-    return cross_role_duplicates(ds.ids, roles, ds.dup_groups, exact)
-
-
-def data_json_split(ds: ImageDataset, path: Path, cfg: SplitConfig, seed: int) -> Split:
-    """The split a DDAD / MedIAnomaly ``data.json`` gives (:mod:`anomaly_bench.data.data_json`): train/0 -> healthy,
-    train/unlabeled -> mixed, test -> test, every other image -> unused; no hold-out unless
-    ``holdout_fraction > 0`` (then carved from healthy and mixed by whole units, a documented deviation)."""
-    lists = read_data_json(path)
-    roles, match = match_names(path, lists, ds.ids, ds.labels, ds.name, cfg.data_json_max_missing,
-                               limited=bool(ds.meta.get("limit_per_class")))
-    if ds.meta.get("data_json_unlisted_files"):
-        match["unlisted_files_not_loaded"] = ds.meta["data_json_unlisted_files"]
-    holdout = cfg.holdout(published=True)
-    units = _units(ds)
-    if holdout > 0:
-        rng = np.random.default_rng(cfg.seed if cfg.seed is not None else seed)
-        for role in ("mixed", "healthy"):
-            members = np.flatnonzero(roles == role)
-            us = np.unique(units[members])
-            us = us[rng.permutation(len(us))]
-            k = int(round(len(us) * holdout))
-            if len(us) >= 4:
-                k = max(k, 1)
-            roles[members[np.isin(units[members], us[:k])]] = f"holdout_{role}"
-        how = (f"holdout_fraction {holdout:g} of train/0 and train/unlabeled held out (by whole duplicate/subject "
-               f"units) for label-free thresholds and checkpoint selection: a deviation from the published "
-               f"protocol, which trains on all of train/0")
-    else:
-        how = ("none: the published protocol trains on all of train/0, so the label-free thresholds are NaN and "
-               "the pseudo-AUC checkpoint selection is skipped (split.holdout_fraction > 0 carves hold-outs, a "
-               "deviation)")
-    defaults = SplitConfig()
-    ignored = sorted(k for k in ("test_size", "test_diseased_fraction", "mixed_size", "mixed_diseased_fraction",
-                                 "mixed_diseased", "mixed_healthy", "healthy_size")
-                     if getattr(cfg, k) != getattr(defaults, k))
-    published = {"source": "data_json", "path": str(path), **match, "holdout": how}
-    if ignored:
-        published["settings_not_used"] = ignored
-    split = Split(roles=roles, units=units, report={"seed": seed, "config": cfg.to_dict(), "published": published})
-    split.report["counts"] = role_counts(roles, ds.labels)
-    check_split(split, ds, published=True)
-    split.report["published_split_cross_role_duplicates"] = published_cross_role(ds, roles)
-    return split

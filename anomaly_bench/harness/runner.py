@@ -27,8 +27,9 @@ import yaml
 from anomaly_bench.core.errors import BenchError, DataError
 from anomaly_bench.core.experiment import DatasetSpec, Experiment
 from anomaly_bench.data.leakage import leakage_record
+from anomaly_bench.data.published_split import read_manifest
 from anomaly_bench.data.records import ImageDataset
-from anomaly_bench.data.split import Split, SplitConfig, make_split, read_manifest, write_manifest
+from anomaly_bench.data.split import Split, SplitConfig, make_split, write_manifest
 from anomaly_bench.evaluation.confound import confound_record
 from anomaly_bench.harness.executors import check_executor, run_on_ray
 from anomaly_bench.harness.job_runner import JobRunner

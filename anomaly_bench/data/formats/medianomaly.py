@@ -5,13 +5,13 @@
      "test":  {"0": [normal files], "1": [abnormal files]}}
 
 Labels come from the file (``*/0`` healthy, ``*/1`` diseased) and so does the split: the runner uses the file's
-roles (:func:`anomaly_bench.data.split.data_json_split`: train/0 -> healthy set B, train/unlabeled -> mixed set A,
-test -> test, no hold-out by default) unless the split section says ``use_predefined_roles: false`` (the suite's
-own split over the same labelled images), or gives ``manifest`` / another ``data_json``. Only the files the lists
-name are loaded; files of ``images/`` the lists do not name have no label and are left out (counted in the split
-report as ``unlisted_files_not_loaded``); names whose file is missing are skipped and reported by the split, which
-refuses more than ``split.data_json_max_missing`` of them. Ids are the file names (``images/`` holds no folders
-in the MedIAnomaly data; an entry with folders is read from that sub-path of ``images/``).
+roles (:func:`anomaly_bench.data.published_split.data_json_split`: train/0 -> healthy set B, train/unlabeled ->
+mixed set A, test -> test, no hold-out by default) unless the split section says ``use_predefined_roles: false``
+(the suite's own split over the same labelled images), or gives ``manifest`` / another ``data_json``. Only the files
+the lists name are loaded; files of ``images/`` the lists do not name have no label and are left out (counted in the
+split report as ``unlisted_files_not_loaded``); names whose file is missing are skipped and reported by the split,
+which refuses more than ``split.data_json_max_missing`` of them. Ids are the file names (``images/`` holds no
+folders in the MedIAnomaly data; an entry with folders is read from that sub-path of ``images/``).
 
 Default preprocessing = MedIAnomaly's loader (``dataloaders/dataload.py``): ``Image.open(f).convert("L")
 .resize((size, size), Image.BILINEAR)`` of the whole image (no crop: ``square: none``), then ToTensor +
