@@ -192,6 +192,17 @@ def test_outputs_maps_logs_and_checkpoints(trained):
         "iter_000000060.pt", "iter_000000120.pt", "iter_000000180.pt"]
 
 
+def test_an_iteration_budget_replaces_the_epochs_whatever_the_set_size(tmp_path):
+    """``iterations > 0`` (the cpu profile) fixes the number of G/D steps; 0 keeps the authors' epoch budget."""
+    for n, work in ((40, tmp_path / "small"), (96, tmp_path / "large")):
+        GANomaly(epochs=15, iterations=7, batch_size=16, ngf=8, ndf=8, nz=8, log_every=1, seed=0).fit(
+            TrainSets(one_blob(n, 32, 0)), FitContext(workdir=work, progress=False))
+        rows = list(csv.DictReader(open(work / "losses.csv")))
+        assert [int(r["iteration"]) for r in rows] == list(range(1, 8))
+    with pytest.raises(ConfigError, match="iterations"):
+        GANomaly(iterations=-1).fit(TrainSets(one_blob(8, 32, 0)))
+
+
 def test_save_load_round_trip(trained, tmp_path):
     m, _ = trained
     x = torch.cat([one_blob(4, 32, 5), checkerboard(1, 32)])

@@ -40,10 +40,22 @@ def test_method_yaml_profiles_and_resources_validate(path):
     assert path.stem == name and get_method(name)
     for profile in ("smoke", "ci", "paper"):
         assert profile in (data.get("profiles") or {}), f"{path.name}: profile '{profile}' missing"
+    for profile in data["profiles"]:  # every shipped profile (cpu too) builds the method it names
         params = method_params(name, profile)
         assert get_method(name)(**params).get_params() == params
         res = method_resources(name, profile)
         assert res["cpus"] >= 1 and res["gpus"] >= 0 and res["memory_gb"] > 0
+
+
+def test_every_method_of_the_cpu_comparison_has_a_cpu_profile():
+    """experiments/cpu.yaml runs the `cpu` profile (issue 20): each of its methods must ship one, with a budget that
+    does not depend on the training-set size for the iterative ones (iterations, not epochs)."""
+    exp = read_yaml(REPO_DIR / "experiments" / "cpu.yaml")
+    assert exp["profile"] == "cpu" and len(exp["methods"]) == 8
+    for name in exp["methods"]:
+        profile = read_yaml(REPO_DIR / "methods" / f"{name}.yaml")["profiles"].get("cpu")
+        assert profile, f"methods/{name}.yaml: no cpu profile"
+        assert "epochs" not in profile, f"methods/{name}.yaml: the cpu budget is counted in epochs"
 
 
 def test_every_dataset_card_validates():

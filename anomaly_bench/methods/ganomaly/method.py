@@ -27,7 +27,8 @@ Deviations (and why)
 --------------------
 * No test-set model selection: the authors evaluate the test set after each epoch and keep the weights
   with the best test AUC. We train a fixed number of ``epochs``; label-free selection is the harness's
-  job (selection checkpoints every ``checkpoint_every`` iterations).
+  job (selection checkpoints every ``checkpoint_every`` iterations). ``iterations > 0`` replaces the epoch
+  budget by an iteration budget that does not depend on the training-set size (the ``cpu`` profile).
 * BN at test time (``bn_test_mode``). ``eval`` (default): running statistics, so a score does not depend
   on the other images in the batch. ``train_bs1``: the authors' protocol (their ``test()`` never calls
   ``.eval()``; Akcay's stated intent is batch size 1 at test; MedIAnomaly does the same): every image is
@@ -72,6 +73,7 @@ class GANomaly(AnomalyMethod):
     health_loss = "g_con"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {
         "epochs": 15,
+        "iterations": 0,          # > 0 overrides epochs (one iteration = one G step + one D step)
         "batch_size": 64,
         "lr": 2.0e-4,
         "beta1": 0.5,
@@ -150,9 +152,9 @@ class GANomaly(AnomalyMethod):
 
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "GANomaly":
         p, dev = self.params, self.device
-        if p["batch_size"] < 1 or p["epochs"] < 0:
-            raise ConfigError(f"ganomaly: batch_size must be >= 1 and epochs >= 0, "
-                              f"got {p['batch_size']} and {p['epochs']}")
+        if p["batch_size"] < 1 or p["epochs"] < 0 or p["iterations"] < 0:
+            raise ConfigError(f"ganomaly: batch_size must be >= 1, epochs and iterations >= 0, "
+                              f"got {p['batch_size']}, {p['epochs']} and {p['iterations']}")
         gen = seed_everything(p["seed"])
         self._build(self._arch(train.image_shape))
         data = train.healthy.to(dev) if dev.type != "cpu" else train.healthy
@@ -165,7 +167,8 @@ class GANomaly(AnomalyMethod):
         def set_extra(held: dict[str, Any]) -> None:
             self.d_reinits_ = int(held["d_reinits"])
 
-        trainer = Trainer(self, ctx, total=p["epochs"] * sampler.batches_per_epoch, arch=self.arch_,
+        total = p["iterations"] if p["iterations"] > 0 else p["epochs"] * sampler.batches_per_epoch
+        trainer = Trainer(self, ctx, total=total, arch=self.arch_,
                           samplers={"x": sampler},
                           state={"G": self.G, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d},
                           extra=(lambda: {"d_reinits": self.d_reinits_}, set_extra), log_sums=("d_reinits",),
