@@ -91,6 +91,12 @@ def test_job_health_record():
     grey = np.zeros((6, 32, 32))  # a flat grey reconstruction: no better than the mean image
     bad = job_health(images, grey, mean_image, _losses(recon=flat), health_loss="recon")
     assert bad["under_trained"] is True and bad["flags"] == [FLAG_MAE] and bad["mae_ratio"] >= MAX_MAE_RATIO
+    # judge_mae False (ALAD): the ratio is recorded, not flagged; the loss rule still applies
+    semantic = job_health(images, grey, mean_image, _losses(recon=flat), health_loss="recon", judge_mae=False)
+    assert semantic["mae_ratio"] == bad["mae_ratio"] and semantic["flags"] == [] and semantic["mae_judged"] is False
+    falling = job_health(images, grey, mean_image, _losses(recon=np.linspace(2, 1, 50)), health_loss="recon",
+                         judge_mae=False)
+    assert falling["flags"] == [FLAG_LOSS] and "mae_judged" not in bad
     # no reconstructions: judged on the loss rule alone
     norec = job_health(images, None, mean_image, _losses(recon=np.linspace(2, 1, 50)), health_loss="recon")
     assert norec["final"] is None and norec["mae_ratio"] is None and norec["flags"] == [FLAG_LOSS]
@@ -167,6 +173,26 @@ def test_undertrained_job_is_recorded_and_marked_in_every_table(undertrained_run
     html = (out / "report.html").read_text()
     assert "<h2>Training health</h2>" in html and "⚑" in html and "Training loss curves" in html
     assert (out / "losses_tiny.png").is_file()
+
+
+def test_checkpoint_curves_give_the_label_free_learning_curve(undertrained_run):
+    """checkpoints_<dataset>.png plots, per checkpoint, the healthy MAE over the mean-image MAE and the AUCp; its
+    last point is the final model's health record, and a method without reconstructions has no ratio."""
+    from anomaly_bench.reporting.checkpoint_curves import checkpoint_curves
+
+    out = undertrained_run
+    h = _job(out, "autoencoder")["health"]
+    sel = pd.read_csv(out / "jobs/tiny/autoencoder/seed0/selection.csv")
+    c = checkpoint_curves(sel.iloc[::-1], h["mean_image"]["mae"])
+    assert c["iteration"].tolist() == [10, 20]  # sorted, one row per checkpoint
+    assert c["mae_ratio"].iloc[-1] == pytest.approx(h["mae_ratio"], rel=1e-4)
+    assert c["aucp"].tolist() == pytest.approx(sel.sort_values("iteration")["aucp"].tolist())
+    first = sel.sort_values("iteration")["healthy_score_mean"]
+    assert c["score_rel"].tolist() == pytest.approx((first / first.iloc[0]).tolist()) and c["score_rel"][0] == 1
+    no_rec = checkpoint_curves(sel.assign(healthy_mae=float("nan")), h["mean_image"]["mae"])
+    assert no_rec["mae_ratio"].isna().all() and checkpoint_curves(sel, None)["mae_ratio"].isna().all()
+    assert (out / "checkpoints_tiny.png").is_file()
+    assert "checkpoints_tiny.png" in (out / "report.html").read_text()
 
 
 def test_old_job_json_without_health_still_reports(undertrained_run, tmp_path):

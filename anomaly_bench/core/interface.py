@@ -278,16 +278,15 @@ class AnomalyMethod(ABC):
 
     Class attributes:
       * ``name``: registry name (set by :func:`anomaly_bench.core.registry.register_method`).
-      * ``default_train_sets``: ``"healthy"`` for one-class methods, ``"mixed+healthy"`` for methods
-        that learn from the unannotated mixed set A as well.
+      * ``default_train_sets``: ``"healthy"`` (one-class) or ``"mixed+healthy"`` (also learns from mixed set A).
       * ``defaults``: dict of hyper-parameters with their default values.
       * ``choices``: optional dict ``param -> allowed values``.
       * ``profiles``: fallback profiles for plugins that ship no YAML file.
       * ``resources``: likewise, what one job asks a Ray cluster for, per profile name or ``default``:
         ``{"default": {"cpus": 1, "gpus": 0, "memory_gb": 2}}``
         (see :func:`anomaly_bench.core.config.method_resources`).
-      * ``health_loss`` (column(s) of the reconstruction term in losses.csv, or None), ``health_loss_rows`` and
-        ``health_critic_rows`` (column -> value: the rows that count): see :mod:`anomaly_bench.evaluation.health`.
+      * ``health_loss`` (column(s) of the main loss in losses.csv, or None), ``health_loss_rows``/``health_critic_rows``
+        (the rows that count), ``health_judge_mae``: see :mod:`anomaly_bench.evaluation.health`.
       * ``in_default_experiment``: False keeps it out of ``methods: []`` (the quick start); see its docstring.
     """
 
@@ -300,6 +299,7 @@ class AnomalyMethod(ABC):
     health_loss: ClassVar[str | tuple[str, ...] | None] = None
     health_loss_rows: ClassVar[dict[str, float]] = {}
     health_critic_rows: ClassVar[dict[str, float]] = {}
+    health_judge_mae: ClassVar[bool] = True
     in_default_experiment: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:

@@ -17,7 +17,10 @@ the held-out healthy images, the final model's reconstructions of them, the mean
 Flag rule (:func:`health_flags`): a job is **under-trained** when its held-out healthy reconstruction MAE is not
 below :data:`MAX_MAE_RATIO` (0.7) × the mean-image MAE, or when its main loss still falls by more than
 :data:`MAX_LOSS_FALL` (10 %) over the last 20 % of training. A method without reconstructions is judged on the loss
-rule alone; one without a loss log (PaDiM, PatchCore: no training loop) is not judged.
+rule alone; one without a loss log (PaDiM, PatchCore: no training loop) is not judged. A method whose
+reconstructions are not trained to be pixel-faithful sets ``AnomalyMethod.health_judge_mae = False`` (ALAD: a BiGAN's
+G(E(x)) is a semantic, not a pixel, reconstruction; the authors judge training by its losses): its MAE ratio is
+recorded (``mae_judged: false``) and shown, and it is judged on the loss rule.
 
 Which loss is "main" is a class attribute of the method (``AnomalyMethod.health_loss``: its reconstruction or
 translation term in losses.csv, e.g. ``recon`` for the autoencoder, ``g_con`` for GANomaly, ``enc_loss`` for
@@ -200,11 +203,12 @@ def _clean(x: float | None) -> float | None:
 
 def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=None,
                health_rows: dict[str, float] | None = None,
-               critic_rows: dict[str, float] | None = None) -> dict[str, Any]:
+               critic_rows: dict[str, float] | None = None, judge_mae: bool = True) -> dict[str, Any]:
     """``job.json["health"]`` of one job: ``images`` the held-out healthy images, ``recon`` the final model's
     reconstructions of them (None: the method has none), ``mean_image`` the mean training image, ``losses`` the
     loss log (a DataFrame with ``iteration``; None: no training loop → ``{"not_iterative": True}``).
-    ``health_loss``/``health_rows``/``critic_rows``: the method's main loss column(s) and the rows that count."""
+    ``health_loss``/``health_rows``/``critic_rows``: the method's main loss column(s) and the rows that count.
+    ``judge_mae`` False (``AnomalyMethod.health_judge_mae``): the MAE ratio is recorded but not flagged."""
     if losses is None or "iteration" not in losses.columns or len(losses) == 0:
         return {"not_iterative": True}
     imgs = _as_images(images)
@@ -220,13 +224,15 @@ def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=
     if name is not None:
         rows = loss_rows(losses, health_rows)
         fall = loss_fall(rows["iteration"].to_numpy(), rows[name].to_numpy())
-    flags = health_flags(ratio, fall)
+    flags = health_flags(ratio if judge_mae else None, fall)
     out: dict[str, Any] = {
         "final": None if final is None else {k: _clean(v) for k, v in final.items()},
         "mean_image": None if base is None else {k: _clean(v) for k, v in base.items()},
         "mae_ratio": _clean(ratio), "main_loss": name, "loss_fall_last20": _clean(fall),
         "critic_gap": _clean(critic_gap(losses, critic_rows)),
     }
+    if not judge_mae:
+        out["mae_judged"] = False
     last = window(losses["iteration"].to_numpy())[0]
     for col in EXTRA_COLUMNS:
         if col in losses.columns:

@@ -211,7 +211,8 @@ class JobRunner:
         mean_image = ds.images[torch.as_tensor(split.indices("healthy"))].double().mean(0)
         return job_health(ds.images[torch.as_tensor(idx)], None if holdout is None else holdout.reconstructions,
                           mean_image, jf.read_losses(), health_loss=cls.health_loss,
-                          health_rows=cls.health_loss_rows, critic_rows=cls.health_critic_rows)
+                          health_rows=cls.health_loss_rows, critic_rows=cls.health_critic_rows,
+                          judge_mae=cls.health_judge_mae)
 
     def _select(self, model, ds, split, job: Job, ctx: FitContext, meta: dict) -> list[pd.DataFrame]:
         hm, hh = split.indices("holdout_mixed"), split.indices("holdout_healthy")

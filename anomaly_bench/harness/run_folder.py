@@ -16,7 +16,7 @@ Layout::
         work/                         checkpoints/, resume.pt, losses.csv (written by ``FitContext``)
     <out>/scores.csv, metrics.csv, table.{md,tex}, table_paper.{md,tex,csv}, table_full.csv,
           table_other_selection.md (the checkpoint rule the experiment did not choose; analysis only),
-          roc_/pr_/scores_/maps_<dataset>[_<setting>].png, losses_<dataset>.png, report.html, regression_comparison.csv
+          roc_/pr_/scores_/maps_<dataset>[_<setting>].png, losses_/checkpoints_<dataset>.png, report.html, regression_comparison.csv
 
 Nothing else in the package builds or globs these paths. Scores files of earlier versions (no ``cluster`` or
 ``threshold`` column) still report: clusters fall back to subjects, label-free thresholded metrics to NaN.
@@ -41,7 +41,7 @@ from anomaly_bench.core.errors import BenchError, DataError
 log = logging.getLogger("anomaly_bench")
 
 JOB_GLOB = "jobs/*/*/seed*/job.json"
-FIGURE_PREFIXES = ("roc_", "pr_", "scores_", "maps_", "losses_")
+FIGURE_PREFIXES = ("roc_", "pr_", "scores_", "maps_", "losses_", "checkpoints_")
 #: the columns every job's scores file has (earlier versions lack cluster and the thresholds)
 JOB_SCORE_COLUMNS = ("dataset", "setting", "method", "seed", "id", "label", "score")
 
@@ -282,7 +282,7 @@ class RunFolder:
             int(p.name[4:]) if p.name[4:].isdigit() else 1 << 30, p.name))]
 
     def figures(self) -> list[Path]:
-        """The figure files, grouped by kind (roc, pr, scores, maps, losses), then by name."""
+        """The figure files, grouped by kind (roc, pr, scores, maps, losses, checkpoints), then by name."""
         return sorted((p for p in self.path.glob("*.png") if p.name.startswith(FIGURE_PREFIXES)),
                       key=lambda p: (FIGURE_PREFIXES.index(p.name.split("_", 1)[0] + "_"), p.name))
 

@@ -5,7 +5,9 @@ set B that no method trained on; AUCp = ROC AUC with A as positives and B as neg
 labels: A simply contains some diseased images, B none, so a better detector ranks A above B more often.
 The checkpoint with the highest AUCp is kept (ties: the later one). The same held-out healthy scoring gives each
 checkpoint's training-health columns (``healthy_mae``, ``healthy_psnr``, ``healthy_ssim``: its reconstructions of
-those images against the images, :mod:`anomaly_bench.evaluation.health`; NaN for a method without reconstructions).
+those images against the images, :mod:`anomaly_bench.evaluation.health`; NaN for a method without reconstructions)
+and ``healthy_score_mean``, the mean anomaly score of those images (for ALAD its feature distance: the curve its
+authors watch).
 
 The released Brainomaly code computes its AUCp on the *test* folders; that reads test data for model
 selection and is not done here. Test AUC per checkpoint is recorded only as an ``oracle`` column for
@@ -29,7 +31,7 @@ from anomaly_bench.evaluation.health import image_quality, nan_quality
 
 @dataclass
 class SelectionResult:
-    table: pd.DataFrame  # iteration, checkpoint, aucp, oracle_test_auc, healthy_mae, healthy_psnr, healthy_ssim
+    table: pd.DataFrame  # iteration, checkpoint, aucp, oracle_test_auc, healthy_{mae,psnr,ssim,score_mean}
     best_iteration: int
     best_checkpoint: Path
 
@@ -64,7 +66,8 @@ def select_checkpoint(method: AnomalyMethod, checkpoints: list[tuple[int, Path]]
             if np.all(np.isfinite(s)):
                 oracle = float(roc_auc_score(oracle_labels, s))
         rows.append({"iteration": it, "checkpoint": str(path), "aucp": aucp, "oracle_test_auc": oracle,
-                     **{f"healthy_{k}": v for k, v in quality.items()}})
+                     **{f"healthy_{k}": v for k, v in quality.items()},
+                     "healthy_score_mean": float(np.mean(healthy.scores)) if len(healthy.scores) else float("nan")})
     table = pd.DataFrame(rows)
     valid = table[np.isfinite(table["aucp"])]
     if valid.empty:

@@ -139,7 +139,10 @@ def _row(mh: MethodHealth) -> list[str]:
     n_judged = len(mh.judged)
     under = f"{mh.n_flagged} of {n_judged}" + (f" {HEALTH_MARK}" if mh.n_flagged else "")
     fall = mh.mean("loss_fall_last20")
-    return [mh.method, str(mh.n_done), under, _f(mh.mean("mae_ratio"), ".3f"),
+    ratio = _f(mh.mean("mae_ratio"), ".3f")
+    if any(r.get("mae_judged") is False for r in mh.judged) and ratio != MISSING:
+        ratio += " (not judged)"
+    return [mh.method, str(mh.n_done), under, ratio,
             f"{_f(mh.mean('final', 'psnr'), '.1f')} / {_f(mh.mean('mean_image', 'psnr'), '.1f')}",
             f"{_f(mh.mean('final', 'ssim'), '.3f')} / {_f(mh.mean('mean_image', 'ssim'), '.3f')}",
             ", ".join(losses) or MISSING, MISSING if not math.isfinite(fall) else f"{100 * fall:+.1f} %",
@@ -158,11 +161,13 @@ def health_explanation() -> str:
     return (f"Per method, means over its finished seeds. Under-trained: {RULE_TEXT}. MAE ratio: the final model's "
             "mean absolute error on the held-out healthy images (never trained on) over that of predicting the mean "
             "training image of set B for every one (1 = no better than a flat average; methods without "
-            "reconstructions are judged on the loss rule alone). PSNR and SSIM: data range 2 ([-1, 1] images), SSIM "
+            "reconstructions are judged on the loss rule alone; \"not judged\": a method whose reconstructions are "
+            "not trained to be pixel-faithful, e.g. ALAD's BiGAN G(E(x)), shows the ratio and is judged on its loss). PSNR and SSIM: data range 2 ([-1, 1] images), SSIM "
             f"with an 11×11 Gaussian window (σ 1.5). Loss fall: of the method's main loss over the last "
             f"{100 * WINDOW:g} % of its logged iterations (least-squares line; positive = still falling). Critic "
             "gap: mean D(real) − D(fake) (f-AnoGAN: its Wasserstein estimate) over the same window. Per-checkpoint "
-            "values: healthy_mae/psnr/ssim in each job's selection.csv; curves: losses_<dataset>.png.")
+            "values: healthy_mae/psnr/ssim in each job's selection.csv; curves: losses_<dataset>.png (losses), "
+            "checkpoints_<dataset>.png (healthy MAE ratio and AUCp per checkpoint).")
 
 
 def _md(text: str) -> str:

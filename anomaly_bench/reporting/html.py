@@ -145,7 +145,8 @@ def _figures_html(paths: list[Path]) -> str:
     out = []
     for data, names in seen.items():
         kind = {"roc": "ROC curves", "pr": "Precision–recall curves", "scores": "Score distributions",
-                "maps": "Anomaly-map gallery", "losses": "Training loss curves"}[names[0].split("_", 1)[0]]
+                "maps": "Anomaly-map gallery", "losses": "Training loss curves",
+                "checkpoints": "Learning curves per checkpoint (label-free)"}[names[0].split("_", 1)[0]]
         b64 = base64.b64encode(data).decode("ascii")
         out.append(f'<figure><img alt="{_esc(names[0])}" src="data:image/png;base64,{b64}">'
                    f"<figcaption>{_esc(kind)}: {_esc(' = '.join(names))}</figcaption></figure>")

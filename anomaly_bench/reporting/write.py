@@ -27,6 +27,7 @@ from anomaly_bench.reporting.inputs import (
     rule_from_experiment,
     split_by_selection,
 )
+from anomaly_bench.reporting.checkpoint_curves import write_checkpoint_figures
 from anomaly_bench.reporting.loss_curves import write_loss_figures
 from anomaly_bench.reporting.markdown import paper_latex, paper_markdown, to_latex, to_markdown
 from anomaly_bench.reporting.notes import data_notes, data_notes_markdown
@@ -101,6 +102,7 @@ def write_reports(run_dir: str | Path, metrics_df: pd.DataFrame | None = None, s
     if plots:
         written.update(write_figures(run_dir, tables, normalise_scores(scores_df), n_gallery=n_gallery))
         written.update(write_loss_figures(run_dir))
+        written.update(write_checkpoint_figures(run_dir))
     if html:
         written["report.html"] = write_html_report(run_dir, tables=tables)
     return written
