@@ -115,6 +115,39 @@ def test_job_health_record():
     json.dumps(h, allow_nan=False)  # plain JSON
 
 
+def test_the_heldout_curve_decides_whether_a_falling_training_loss_means_under_trained():
+    """A training loss that still falls while the held-out MAE per checkpoint is flat is memorisation (the loss
+    flag is lifted); a held-out MAE that still falls is flagged whatever the training loss does."""
+    from anomaly_bench.evaluation.health import FLAG_HELDOUT, MAX_HELDOUT_FALL, apply_heldout_rule
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (6, 1, 32, 32))
+    falling = _losses(recon=np.linspace(2, 1, 50))
+
+    def record():
+        return job_health(images, images[:, 0] + 0.01, images.mean(0), falling, health_loss="recon")
+
+    its = np.arange(1, 11) * 50
+    flat = pd.DataFrame({"iteration": its, "healthy_mae": np.r_[np.linspace(0.3, 0.15, 6), [0.15] * 4]})
+    still = pd.DataFrame({"iteration": its, "healthy_mae": np.linspace(0.3, 0.1, 10)})
+    assert record()["flags"] == [FLAG_LOSS]
+    lifted = apply_heldout_rule(record(), flat)
+    assert lifted["flags"] == [] and lifted["under_trained"] is False and lifted["loss_rule"].startswith("lifted")
+    assert lifted["heldout_mae_fall_last20"] == pytest.approx(0.0, abs=1e-9) and lifted["loss_fall_last20"] > 0.1
+    kept = apply_heldout_rule(record(), still)
+    assert kept["flags"] == [FLAG_LOSS, FLAG_HELDOUT] and kept["heldout_mae_fall_last20"] > MAX_HELDOUT_FALL
+    quiet = job_health(images, images[:, 0] + 0.01, images.mean(0), _losses(recon=np.ones(50)), health_loss="recon")
+    assert apply_heldout_rule(quiet, still)["flags"] == [FLAG_HELDOUT]  # flat training loss, held-out still improving
+    # unchanged: no checkpoints, too few, no reconstructions, an unjudged MAE, not iterative
+    for sel in (None, still.iloc[:2], still.drop(columns="healthy_mae")):
+        assert apply_heldout_rule(record(), sel)["flags"] == [FLAG_LOSS]
+    norec = job_health(images, None, images.mean(0), falling, health_loss="recon")
+    assert apply_heldout_rule(norec, flat)["flags"] == [FLAG_LOSS]
+    unjudged = job_health(images, images[:, 0], images.mean(0), falling, health_loss="recon", judge_mae=False)
+    assert apply_heldout_rule(unjudged, flat)["flags"] == [FLAG_LOSS]
+    assert apply_heldout_rule({"not_iterative": True}, flat) == {"not_iterative": True}
+
+
 def test_critic_gap_from_d_real_and_d_fake():
     df = _losses(d_real=np.linspace(0, 1, 50), d_fake=np.zeros(50))
     assert critic_gap(df) == pytest.approx(np.linspace(0, 1, 50)[-10:].mean())

@@ -27,7 +27,7 @@ from anomaly_bench.core.interface import FitContext, ScoreResult, resolve_device
 from anomaly_bench.core.registry import get_method, load_plugin
 from anomaly_bench.data.records import ImageDataset
 from anomaly_bench.data.split import Split
-from anomaly_bench.evaluation.health import job_health
+from anomaly_bench.evaluation.health import apply_heldout_rule, job_health
 from anomaly_bench.evaluation.metrics import label_free_threshold, pixel_metrics
 from anomaly_bench.harness.jobs import Job, build_train_sets, restart_if_changed
 from anomaly_bench.harness.selection import select_checkpoint
@@ -226,6 +226,7 @@ class JobRunner:
         sel = select_checkpoint(model, ctx.selection_checkpoints, ds.images[torch.as_tensor(hm)],
                                 ds.images[torch.as_tensor(hh)], ds.images[torch.as_tensor(test)], ds.labels[test])
         job.folder.write_selection(sel.table)
+        apply_heldout_rule(meta.get("health"), sel.table)
         meta["selection"] = {"rule": "max pseudo-AUC on held-out A vs B", "best_iteration": sel.best_iteration,
                              "n_checkpoints": len(sel.table), "table": job.folder.selection_path.name,
                              "note": "oracle_test_auc in selection.csv is for analysis only; never used to select"}
