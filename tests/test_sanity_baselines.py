@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from anomaly_bench.core.config import REPO_DIR, read_yaml
 from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.interface import AnomalyMethod, TrainSets
 from anomaly_bench.core.registry import default_experiment_methods, get_method, load_plugin
@@ -26,12 +27,14 @@ def healthy():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_registered_builtin_trains_on_healthy_and_stays_out_of_the_quick_start(name):
+def test_registered_builtin_trains_on_healthy_and_is_in_every_default_table(name):
     cls = get_method(name)
     assert cls.__module__ == "anomaly_bench.methods.sanity"
     assert cls.default_train_sets == "healthy"
-    assert cls.in_default_experiment is False and "experiments/zoo.yaml" in cls.__doc__
-    assert name not in default_experiment_methods()   # the quick start (methods: []) stays as it was
+    assert cls.in_default_experiment is True
+    assert name in default_experiment_methods()   # the quick start (methods: []) shows the floor
+    for exp in ("cpu.yaml", "zoo.yaml"):
+        assert name in read_yaml(REPO_DIR / "experiments" / exp)["methods"]
 
 
 def test_mean_intensity_is_the_image_mean_and_flags_bright_images(healthy):

@@ -21,7 +21,8 @@ statistics for reference (their scores do not depend on the training images). Th
 numbers anywhere), so ``seed`` changes nothing. ``pixel_knn`` is the example plugin ``examples/pixel_knn_plugin.py``
 (registered there as ``example_pixel_knn``) promoted to a built-in, with maps and float64 distances.
 
-Not in the quick start (``in_default_experiment = False``): ``experiments/zoo.yaml`` runs them.
+In every table by default (issue 23): they are in the quick start (``methods: []``) and in ``experiments/cpu.yaml``;
+an experiment that lists its methods adds them by name. They cost seconds per job.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class _Statistic(AnomalyMethod):
     """A per-image statistic of the raw input (no training); subclasses define :meth:`_score_and_map`."""
 
     default_train_sets = "healthy"
-    in_default_experiment = False
     defaults: dict[str, Any] = {}
 
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "_Statistic":
@@ -93,11 +93,10 @@ class IntensitySD(_Statistic):
 @register_method("pixel_knn")
 class PixelKNN(AnomalyMethod):
     """Mean distance to the ``k`` nearest healthy training images in ``pool``-times average-pooled pixel space
-    (higher = anomalous); map = ``|pool(x) - pool(nearest)|`` upsampled to the input size. Run by
-    ``experiments/zoo.yaml`` (not the quick start). See :mod:`anomaly_bench.methods.sanity`."""
+    (higher = anomalous); map = ``|pool(x) - pool(nearest)|`` upsampled to the input size. In the quick start and
+    ``experiments/cpu.yaml``. See :mod:`anomaly_bench.methods.sanity`."""
 
     default_train_sets = "healthy"
-    in_default_experiment = False
     defaults = {"k": 5, "pool": 4, "batch_size": 64}
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
