@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from anomaly_bench.evaluation.health import MAX_HELDOUT_FALL, MAX_LOSS_FALL, MAX_MAE_RATIO, WINDOW
+from anomaly_bench.evaluation.health import MAX_HELDOUT_GAIN, MAX_LOSS_FALL, MAX_MAE_RATIO, WINDOW
 from anomaly_bench.reporting.inputs import ordered_unique
 from anomaly_bench.reporting.summary import FAILED, MISSING
 
@@ -28,12 +28,12 @@ MARKED_COLUMNS = ("auc", "pixel_auroc")
 #: profiles whose budgets are cut for a quick signal
 REDUCED_PROFILES = ("ci", "smoke")
 RULE_TEXT = (f"held-out healthy reconstruction MAE not below {MAX_MAE_RATIO:g} × the MAE of predicting the mean "
-             f"training image, or still improving over the last {100 * WINDOW:g} % of training: the held-out MAE per "
-             f"checkpoint falling by more than {100 * MAX_HELDOUT_FALL:g} % where it is recorded, else the main "
-             f"training loss by more than {100 * MAX_LOSS_FALL:g} %")
+             f"training image, or still improving over the last {100 * WINDOW:g} % of training: a checkpoint there "
+             f"beating the earlier best held-out MAE by more than {100 * MAX_HELDOUT_GAIN:g} % where checkpoints are "
+             f"scored, else the main training loss falling by more than {100 * MAX_LOSS_FALL:g} %")
 HEADERS = ["Method", "Seeds", "Under-trained", "MAE ratio (final / mean image)", "PSNR final / mean image (dB)",
            "SSIM final / mean image", "Main loss", f"Loss fall, last {100 * WINDOW:g} %",
-           f"Held-out MAE fall, last {100 * WINDOW:g} %", "Critic gap", "Flags",
+           f"Held-out MAE gain, last {100 * WINDOW:g} %", "Critic gap", "Flags",
            "Other (last 20 %)"]
 
 
@@ -140,7 +140,7 @@ def _row(mh: MethodHealth) -> list[str]:
              if any(k in r for r in mh.judged)]
     n_judged = len(mh.judged)
     under = f"{mh.n_flagged} of {n_judged}" + (f" {HEALTH_MARK}" if mh.n_flagged else "")
-    fall, held = mh.mean("loss_fall_last20"), mh.mean("heldout_mae_fall_last20")
+    fall, held = mh.mean("loss_fall_last20"), mh.mean("heldout_mae_gain_last20")
     ratio = _f(mh.mean("mae_ratio"), ".3f")
     if any(r.get("mae_judged") is False for r in mh.judged) and ratio != MISSING:
         ratio += " (not judged)"
@@ -148,7 +148,8 @@ def _row(mh: MethodHealth) -> list[str]:
             f"{_f(mh.mean('final', 'psnr'), '.1f')} / {_f(mh.mean('mean_image', 'psnr'), '.1f')}",
             f"{_f(mh.mean('final', 'ssim'), '.3f')} / {_f(mh.mean('mean_image', 'ssim'), '.3f')}",
             ", ".join(losses) or MISSING, MISSING if not math.isfinite(fall) else f"{100 * fall:+.1f} %",
-            MISSING if not math.isfinite(held) else f"{100 * held:+.1f} %", _f(mh.mean("critic_gap"), ".3f"), ", ".join(f"{k} ({v})" for k, v in flags.items()) or "none",
+            MISSING if not math.isfinite(held) else f"{100 * held:.1f} %", _f(mh.mean("critic_gap"), ".3f"),
+            ", ".join(f"{k} ({v})" for k, v in flags.items()) or "none",
             ", ".join(other) or ""]
 
 
@@ -167,8 +168,8 @@ def health_explanation() -> str:
             "not trained to be pixel-faithful, e.g. ALAD's BiGAN G(E(x)), shows the ratio and is judged on its loss). PSNR and SSIM: data range 2 ([-1, 1] images), SSIM "
             f"with an 11×11 Gaussian window (σ 1.5). Loss fall: of the method's main loss over the last "
             f"{100 * WINDOW:g} % of its logged iterations (least-squares line; positive = still falling). Held-out "
-            "MAE fall: the same for the held-out healthy MAE per checkpoint; where it is flat a training loss that "
-            "still falls is memorisation, and the loss rule is lifted. Critic "
+            "MAE gain: how far the best held-out MAE of the checkpoints in that window lies below the best earlier "
+            "one; without a gain a training loss that still falls is memorisation, and the loss rule is lifted. Critic "
             "gap: mean D(real) − D(fake) (f-AnoGAN: its Wasserstein estimate) over the same window. Per-checkpoint "
             "values: healthy_mae/psnr/ssim in each job's selection.csv; curves: losses_<dataset>.png (losses), "
             "checkpoints_<dataset>.png (healthy MAE ratio and AUCp per checkpoint).")
