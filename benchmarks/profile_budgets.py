@@ -57,28 +57,32 @@ def budget_rows(run_dir: str | Path) -> pd.DataFrame:
         h = meta.get("health") if isinstance(meta.get("health"), dict) else {}
         versions = meta.get("versions") or {}
         verdict = ("not iterative" if h.get("not_iterative") else
-                   "under-trained" if h.get("under_trained") else "converged" if h else "not recorded")
+                   "under-trained" if h.get("under_trained") else "not flagged" if h else "not recorded")
         rows.append({"profile": meta.get("profile"), "method": meta.get("method"), "dataset": meta.get("dataset"),
                      "seed": meta.get("seed"), "fit_s": meta.get("fit_seconds"), "score_s": meta.get("score_seconds"),
                      "job_s": _job_seconds(meta), "iterations": _iterations(jf),
-                     "threads": versions.get("cpu_threads"), "cpu": _cpu(versions), "health": verdict, "mae_ratio": h.get("mae_ratio")})
+                     "threads": versions.get("cpu_threads"), "cpu": _cpu(versions), "health": verdict,
+                     "mae_ratio": h.get("mae_ratio")})
     return pd.DataFrame(rows)
+
+
+def _median(g: pd.DataFrame, col: str, digits: int = 1) -> float | None:
+    vals = [float(v) for v in g[col] if v is not None and pd.notna(v)]
+    return round(statistics.median(vals), digits) if vals else None
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """Median seconds over seeds per (profile, method, dataset), the seeds' health verdicts counted."""
     out = []
     for (profile, method, dataset), g in rows.groupby(["profile", "method", "dataset"], sort=False):
-        def med(col, digits=1):
-            vals = [float(v) for v in g[col] if v is not None and pd.notna(v)]
-            return round(statistics.median(vals), digits) if vals else None
+        job_s, iterations = _median(g, "job_s"), _median(g, "iterations")
         verdicts = g["health"].value_counts()
         out.append({"profile": profile, "method": method, "dataset": dataset, "seeds": len(g),
-                    "fit_s": med("fit_s"), "score_s": med("score_s"), "job_s": med("job_s"),
-                    "job_min": None if med("job_s") is None else round(med("job_s") / 60, 1),
-                    "iterations": None if med("iterations") is None else int(med("iterations")), "threads": g["threads"].iloc[0],
+                    "fit_s": _median(g, "fit_s"), "score_s": _median(g, "score_s"), "job_s": job_s,
+                    "job_min": None if job_s is None else round(job_s / 60, 1),
+                    "iterations": None if iterations is None else int(iterations), "threads": g["threads"].iloc[0],
                     "health": ", ".join(f"{n} {v}" for v, n in verdicts.items()),
-                    "mae_ratio": med("mae_ratio", 3)})
+                    "mae_ratio": _median(g, "mae_ratio", 3)})
     return pd.DataFrame(out)
 
 

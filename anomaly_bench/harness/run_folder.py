@@ -16,7 +16,8 @@ Layout::
         work/                         checkpoints/, resume.pt, losses.csv (written by ``FitContext``)
     <out>/scores.csv, metrics.csv, table.{md,tex}, table_paper.{md,tex,csv}, table_full.csv,
           table_other_selection.md (the checkpoint rule the experiment did not choose; analysis only),
-          roc_/pr_/scores_/maps_<dataset>[_<setting>].png, losses_/checkpoints_<dataset>.png, report.html, regression_comparison.csv
+          roc_/pr_/scores_/maps_<dataset>[_<setting>].png, losses_/checkpoints_<dataset>.png, report.html,
+          regression_comparison.csv
 
 Nothing else in the package builds or globs these paths. Scores files of earlier versions (no ``cluster`` or
 ``threshold`` column) still report: clusters fall back to subjects, label-free thresholded metrics to NaN.

@@ -17,6 +17,7 @@ import pandas as pd
 from anomaly_bench.core.errors import BenchError
 from anomaly_bench.evaluation.metrics import compute_metrics
 from anomaly_bench.harness.run_folder import RunFolder
+from anomaly_bench.reporting.checkpoint_curves import write_checkpoint_figures
 from anomaly_bench.reporting.figures import write_figures
 from anomaly_bench.reporting.health import health_markdown
 from anomaly_bench.reporting.html import write_html_report
@@ -27,7 +28,6 @@ from anomaly_bench.reporting.inputs import (
     rule_from_experiment,
     split_by_selection,
 )
-from anomaly_bench.reporting.checkpoint_curves import write_checkpoint_figures
 from anomaly_bench.reporting.loss_curves import write_loss_figures
 from anomaly_bench.reporting.markdown import paper_latex, paper_markdown, to_latex, to_markdown
 from anomaly_bench.reporting.notes import data_notes, data_notes_markdown
