@@ -1,4 +1,4 @@
-"""Command line: ``anomaly-bench run | list | report | regress``."""
+"""Command line: ``anomaly-bench run | list | report | regress | convert``."""
 
 from __future__ import annotations
 
@@ -304,6 +304,36 @@ def regress(reference, exact_reference, tolerance, experiment, exact_config, par
         click.secho(f"\nregression check passed ({', '.join(wanted)}{floor_note})", fg="green")
     except BenchError as exc:
         _fail(exc)
+
+
+#: converters of ``anomaly-bench convert`` (the keys of anomaly_bench.data.convert_medianomaly.CONVERTERS)
+CONVERT_KINDS = ("medianomaly-isic2018", "medianomaly-brats2021")
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(CONVERT_KINDS))
+@click.argument("src", type=click.Path())
+@click.option("--force", is_flag=True, help="Replace a different data.json already in SRC.")
+@click.option("--isic-test-split", type=click.Choice(["test", "validation"]), default="test",
+              help="ISIC 2018: the set tested on (default test, as MedIAnomaly; validation is a deviation).")
+def convert(kind: str, src: str, force: bool, isic_test_split: str) -> None:
+    """Write the data.json that makes a MedIAnomaly download load (run once on the download folder SRC):
+    medianomaly-isic2018 (ISIC 2018 Task 3 images + label CSVs), medianomaly-brats2021 (BraTS2021.tar.gz)."""
+    # lazy: the converters import the image helpers (Pillow, numpy), not needed by the other commands
+    from anomaly_bench.data.convert_medianomaly import convert as run_convert
+
+    try:
+        options = {}
+        if kind == "medianomaly-isic2018":
+            options["test_split"] = isic_test_split.capitalize()
+        elif isic_test_split != "test":
+            raise BenchError(f"--isic-test-split is an option of medianomaly-isic2018, not of {kind}")
+        result = run_convert(kind, src, force=force, **options)
+    except BenchError as exc:
+        _fail(exc)
+    click.echo(result.summary())
+    for note in result.notes:
+        click.echo(f"note: {note}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,8 +16,9 @@ folders in the MedIAnomaly data; an entry with folders is read from that sub-pat
 Default preprocessing = MedIAnomaly's loader (``dataloaders/dataload.py``): ``Image.open(f).convert("L")
 .resize((size, size), Image.BILINEAR)`` of the whole image (no crop: ``square: none``), then ToTensor +
 Normalize(0.5, 0.5), i.e. ``[-1, 1]``. Channels: the suite decodes every image to one grey channel; MedIAnomaly
-keeps ISIC2018 and Camelyon16 in RGB (``in_c 3``), which this format cannot (their downloads are not in this
-layout either: see their cards).
+keeps ISIC2018 and Camelyon16 in RGB (``in_c 3``), which this format cannot. The ISIC2018 and BraTS2021 downloads
+are not in this layout: ``anomaly-bench convert`` (:mod:`anomaly_bench.data.convert_medianomaly`) writes their
+data.json with entries relative to the download folder, read with the card key ``images_dir: .``.
 
 Card keys: ``data_json`` (default ``data.json``), ``images_dir`` (default ``images``).
 """
@@ -49,7 +50,8 @@ def load_medianomaly(card: dict[str, Any], root: Path) -> ImageDataset:
         found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else []
         raise DataError(f"{root}: the medianomaly format needs {json_path.name} and {images.name}/ in the folder "
                         f"(MedIAnomaly's preprocessed RSNA, VinCXR, BrainTumor and LAG downloads); found {found} "
-                        f"(card {where})")
+                        f"(card {where})" + (f". The card says: {str(card['download']).strip()}" if card.get("download")
+                                             else ""))
     lists = read_data_json(json_path)
     items: list[tuple[str, int, str]] = []  # (file path, label, key)
     for key, _, label in LISTS:
