@@ -72,7 +72,7 @@ TUMOR_CARD = {"name": "tumor", "format": "class_folder",
 def test_class_folder_nested_roles_labels_and_dedup(tmp_path):
     root = tumor_tree(tmp_path / "tumor")
     ds = load_dataset({**TUMOR_CARD, "root": str(root)})
-    assert ds.images.shape == (12, 1, 32, 32) and ds.images.min() >= -1 and ds.images.max() <= 1
+    assert ds.images.shape == (12, 1, 32, 32) and ds.images[:].min() >= -1 and ds.images[:].max() <= 1
     assert ds.summary()["n_healthy"] == 6 and ds.summary()["n_diseased"] == 6
     i = ds.ids.index("Training/notumor/Tr-no_0000.jpg")
     assert ds.labels[i] == 0 and ds.roles[i] == "train" and ds.classes[i] == "notumor"
@@ -328,7 +328,7 @@ def test_brain_subjects_nifti_volumes(tmp_path):
     ds = load_dataset(card)
     assert len(ds) == 3 * 6  # slices 2..7 of 10
     assert ds.subjects.count("s03") == 6 and ds.labels[ds.subjects.index("s03")] == 1
-    assert ds.ids[0] == "healthy/s01.nii.gz#002" and ds.images.min() == -1.0 and ds.images.max() > 0.9
+    assert ds.ids[0] == "healthy/s01.nii.gz#002" and ds.images[:].min() == -1.0 and ds.images[:].max() > 0.9
     ds_idx = load_dataset({**card, "slice_range": [4, 6]})
     assert len(ds_idx) == 6 and {i.split("#")[1] for i in ds_idx.ids} == {"004", "005"}
     (root / "labels.csv").write_text("subject,label\ns01,healthy\ns02,1\ns03,migraine\n")

@@ -29,6 +29,7 @@ import torch
 from anomaly_bench.core.errors import ConfigError, TrainingError
 from anomaly_bench.core.params import check_param_value
 from anomaly_bench.core.registry import METHODS, get_method
+from anomaly_bench.core.sets import ScoreResult, TrainSets  # noqa: F401  (part of the method contract)
 from anomaly_bench.nn.common import at_least_fp32
 
 log = logging.getLogger("anomaly_bench")
@@ -40,58 +41,6 @@ TRAIN_SET_CHOICES = ("healthy", "mixed+healthy", "mixed_union")
 
 #: Parameters every method accepts; the runner sets them.
 COMMON_PARAMS: dict[str, Any] = {"seed": 0, "device": "cpu"}
-
-
-@dataclass(frozen=True)
-class TrainSets:
-    """Training images for one job. Tensors are ``(N, 1, H, W)`` float32 in ``[-1, 1]`` on the CPU (float64 in
-    the exact regression checks, which train under ``torch.set_default_dtype(torch.float64)``)."""
-
-    healthy: torch.Tensor
-    mixed: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("healthy", "mixed"):
-            t = getattr(self, name)
-            if t is None:
-                continue
-            if t.ndim != 4 or t.dtype not in (torch.float32, torch.float64):
-                raise ValueError(f"TrainSets.{name} must be a float32 (or float64) (N, C, H, W) tensor, "
-                                 f"got {tuple(t.shape)} {t.dtype}")
-        if len(self.healthy) == 0:
-            raise ValueError("TrainSets.healthy is empty: the split gave no healthy training images")
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.healthy.shape[1:])  # type: ignore[return-value]
-
-
-@dataclass
-class ScoreResult:
-    """Per-image scores (higher = more anomalous), optional maps ``(N, H, W)`` and reconstructions."""
-
-    scores: np.ndarray
-    maps: np.ndarray | None = None
-    reconstructions: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        if self.maps is not None:
-            self.maps = np.asarray(self.maps, dtype=np.float32)
-            if self.maps.ndim == 4:
-                self.maps = self.maps[:, 0]
-        if self.reconstructions is not None:
-            self.reconstructions = np.asarray(self.reconstructions, dtype=np.float32)
-            if self.reconstructions.ndim == 4:
-                self.reconstructions = self.reconstructions[:, 0]
-
-    @staticmethod
-    def concat(parts: list["ScoreResult"]) -> "ScoreResult":
-        def cat(attr: str):
-            vals = [getattr(p, attr) for p in parts]
-            return None if any(v is None for v in vals) else np.concatenate(vals)
-
-        return ScoreResult(np.concatenate([p.scores for p in parts]), cat("maps"), cat("reconstructions"))
 
 
 @dataclass
@@ -288,6 +237,11 @@ class AnomalyMethod(ABC):
       * ``health_loss`` (column(s) of the main loss in losses.csv, or None), ``health_loss_rows``/``health_critic_rows``
         (the rows that count), ``health_judge_mae``: see :mod:`anomaly_bench.evaluation.health`.
       * ``in_default_experiment``: False keeps it out of ``methods: []`` (the quick start); see its docstring.
+      * ``streams_images``: True when ``fit`` only reads its training images by index or slice
+        (``images[idx]``, ``images[i:j]``, ``len``, ``.shape``, ``.to(device)``): the harness then hands it
+        :class:`~anomaly_bench.core.image_array.ImageArray` views of the dataset's compact (uint8) images
+        instead of float32 copies, and :func:`~anomaly_bench.harness.contract.check_method` checks that both
+        give the same model bit for bit. ``score`` always gets float32 tensors, in bounded chunks.
     """
 
     name: ClassVar[str] = ""
@@ -301,6 +255,7 @@ class AnomalyMethod(ABC):
     health_critic_rows: ClassVar[dict[str, float]] = {}
     health_judge_mae: ClassVar[bool] = True
     in_default_experiment: ClassVar[bool] = True
+    streams_images: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = self.validate_params(params)

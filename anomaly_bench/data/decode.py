@@ -30,7 +30,8 @@ from anomaly_bench.data.image_io import (
 
 @dataclass
 class DecodedFiles:
-    """Result of :func:`decode_files`: ``stored`` ``(K, S, S)`` uint8/float16 in ``[0, 1]``, ``kept`` indices
+    """Result of :func:`decode_files`: ``stored`` ``(K, S, S)`` uint8/float16 in ``[0, 1]`` (a read-only memory
+    map of the cache entry when the cache is on), ``kept`` indices
     into the input list, ``sha256`` of each kept file's bytes, ``skipped`` ``[(path, reason)]``."""
 
     stored: np.ndarray
@@ -76,7 +77,7 @@ def decode_files(paths: Sequence[str | Path], image_size: int, prep: Preprocessi
 
     key = {"what": "decode_files", "files": cache_mod.file_signature(paths, relative_to),
            "image_size": int(image_size), "preprocessing": prep.as_dict()}
-    arrays, info = cache_mod.cached(key, compute, enabled=cache)
+    arrays, info = cache_mod.cached(key, compute, enabled=cache, mmap=("stored",))
     skipped = [(str(p), r) for p, r in info["failed"]]
     if skipped and on_bad_image == "error":
         p, r = skipped[0]

@@ -47,6 +47,8 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from anomaly_bench.core.image_array import ImageArray
+
 #: Default Hamming radius for near duplicates (of 64 bits); 0 = identical pHash only. pHash sets exactly 32 of
 #: its 64 bits (median split), so distances are even and an odd radius acts like the even one below.
 DEFAULT_HAMMING = 0
@@ -56,8 +58,17 @@ DEFAULT_CORR: float | None = 0.99
 THUMB_SIDE = 32
 
 
-def to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """``(N, 1, H, W)`` or ``(N, H, W)`` images in ``[-1, 1]`` -> uint8 ``(N, H, W)``."""
+def to_uint8(images: np.ndarray | torch.Tensor | ImageArray, chunk: int = 2048) -> np.ndarray:
+    """``(N, 1, H, W)`` or ``(N, H, W)`` images in ``[-1, 1]`` -> uint8 ``(N, H, W)``. An :class:`ImageArray`
+    stored as uint8 gives its stored values (no copy: ``round((u / 127.5 - 1 + 1) * 127.5) == u`` for every
+    code); other arrays are converted ``chunk`` images at a time."""
+    if isinstance(images, ImageArray):
+        if images.storage_dtype == np.uint8 and isinstance(images.stored, np.ndarray):
+            return images.stored_rows()[:, 0]
+        out = np.empty((len(images), *images.shape[2:]), dtype=np.uint8)
+        for lo in range(0, len(images), chunk):
+            out[lo:lo + chunk] = to_uint8(images[lo:lo + chunk])
+        return out
     t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     if t.ndim == 4:
         t = t[:, 0]
@@ -66,19 +77,21 @@ def to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
     return ((t.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def thumbnails(images: np.ndarray | torch.Tensor, side: int = THUMB_SIDE, chunk: int = 2048) -> np.ndarray:
+def thumbnails(images: np.ndarray | torch.Tensor | ImageArray, side: int = THUMB_SIDE, chunk: int = 2048
+               ) -> np.ndarray:
     """``(N, side * side)`` float32 thumbnails of ``(N, 1, H, W)`` / ``(N, H, W)`` images (``[-1, 1]`` floats or
     uint8), each row zero-mean and unit-norm, so a row product is the Pearson correlation of two thumbnails.
     Down-sampling is by area (``adaptive_avg_pool2d``: the mean of each ``H/side`` block when ``side`` divides
     ``H``). A constant image (zero variance) gets a zero row: it correlates 0 with everything (copies of it
     are found by the exact link)."""
-    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
+    t = images if isinstance(images, (torch.Tensor, ImageArray)) else np.asarray(images)
     if t.ndim == 3:
         t = t[:, None]
     n = len(t)
     out = np.zeros((n, side * side), dtype=np.float32)
     for lo in range(0, n, chunk):
-        x = t[lo:lo + chunk].float()
+        x = t[lo:lo + chunk]
+        x = (torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x).float()  # a copy: x may be read-only
         flat_in = x.reshape(len(x), -1)
         varies = flat_in.amax(dim=1) > flat_in.amin(dim=1)
         if x.shape[-2:] != (side, side):
@@ -217,7 +230,7 @@ def _group_ids(n: int, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
-def find_duplicates(images: np.ndarray | torch.Tensor, *, content_hashes: Sequence[str] | None = None,
+def find_duplicates(images: np.ndarray | torch.Tensor | ImageArray, *, content_hashes: Sequence[str] | None = None,
                     ids: Sequence[str] | None = None, roles: Sequence[str] | None = None,
                     labels: Sequence[int] | None = None, near: bool = True, hamming: int = DEFAULT_HAMMING,
                     corr: float | None = None, max_examples: int = 10,
@@ -328,7 +341,8 @@ def _members(groups: np.ndarray) -> list[np.ndarray]:
     return [np.sort(x) for x in np.split(order, cuts[1:])]
 
 
-def exact_groups(images: np.ndarray | torch.Tensor, content_hashes: Sequence[str] | None = None) -> np.ndarray:
+def exact_groups(images: np.ndarray | torch.Tensor | ImageArray, content_hashes: Sequence[str] | None = None
+                 ) -> np.ndarray:
     """``(N,)`` int64 exact-copy group per image (-1 = no copy): the :func:`find_duplicates` ``exact`` link alone
     (byte-identical files when ``content_hashes`` are given, or identical pixels)."""
     u8 = to_uint8(images)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.data.decode import decode_files
 from anomaly_bench.data.image_io import IMAGE_EXTENSIONS, Preprocessing, is_image_name, walk
 from anomaly_bench.data.records import ImageDataset
@@ -62,7 +62,7 @@ def build_from_files(card: dict[str, Any], root: Path, files: Sequence[Path], la
     if len(k) == 0:
         raise DataError(f"dataset '{name}': all {len(files)} image files were unreadable, e.g. "
                         f"{dec.skipped[0][0]}: {dec.skipped[0][1]}")
-    ds = ImageDataset(name, torch.from_numpy(dec.images()), np.asarray(labels)[k], pick(list(ids)),
+    ds = ImageDataset(name, ImageArray(dec.stored[:, None]), np.asarray(labels)[k], pick(list(ids)),
                       pick(list(subjects)) if subjects is not None else None, None,
                       np.asarray(pick(list(roles)), dtype=object) if roles is not None else None, None,
                       pick(list(classes)) if classes is not None else None,

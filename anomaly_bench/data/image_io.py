@@ -41,6 +41,7 @@ from PIL import Image, ImageFile
 
 from anomaly_bench.core.config import check_keys
 from anomaly_bench.core.errors import ConfigError, DataError
+from anomaly_bench.core.image_array import to_model_range  # noqa: F401  (re-exported: the decoder's conversion)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey-filled
 
@@ -296,13 +297,6 @@ def quantize(img01: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "uint8":
         return np.clip(np.rint(img01 * 255.0), 0, 255).astype(np.uint8)
     return img01.astype(np.float16)
-
-
-def to_model_range(stored: np.ndarray) -> np.ndarray:
-    """Storage array (uint8 0..255 or float16 0..1) -> float32 in ``[-1, 1]``."""
-    if stored.dtype == np.uint8:
-        return stored.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-    return stored.astype(np.float32) * np.float32(2.0) - np.float32(1.0)
 
 
 def walk(root: str | Path) -> Iterator[tuple[str, list[str]]]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.data.dedup import THUMB_SIDE, thumbnails
 
 TRAINING_ROLES = ("healthy", "mixed", "holdout_healthy", "holdout_mixed")
@@ -31,15 +32,15 @@ def max_corr_to(query: np.ndarray, reference: np.ndarray, block: int = 2048) -> 
     return out
 
 
-def leakage_record(images: torch.Tensor | np.ndarray, roles: np.ndarray, threshold: float = LEAK_THRESHOLD,
+def leakage_record(images: torch.Tensor | np.ndarray | ImageArray, roles: np.ndarray, threshold: float = LEAK_THRESHOLD,
                    side: int = THUMB_SIDE) -> dict[str, Any]:
     """``{"threshold", "n_test", "n_test_with_training_twin", "max_corr"}`` for one split (roles per image)."""
     roles = np.asarray(roles, dtype=object)
     test = np.flatnonzero(roles == "test")
     train = np.flatnonzero(np.isin(roles, TRAINING_ROLES))
-    imgs = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    q = thumbnails(imgs[torch.as_tensor(test)], side) if len(test) else np.zeros((0, side * side), np.float32)
-    r = thumbnails(imgs[torch.as_tensor(train)], side) if len(train) else np.zeros((0, side * side), np.float32)
+    imgs = images if isinstance(images, ImageArray) else ImageArray(torch.as_tensor(np.asarray(images)))
+    q = thumbnails(imgs.take(test), side) if len(test) else np.zeros((0, side * side), np.float32)
+    r = thumbnails(imgs.take(train), side) if len(train) else np.zeros((0, side * side), np.float32)
     best = max_corr_to(q, r)
     return {"threshold": float(threshold), "thumbnail_side": int(side), "n_test": int(len(test)),
             "n_test_with_training_twin": int((best >= threshold).sum()),

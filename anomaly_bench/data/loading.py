@@ -360,7 +360,7 @@ def cached_duplicates(ds: ImageDataset, file_sha: list[str] | None, settings: di
         h.update("\n".join(file_sha).encode())
         h.update(repr((tuple(ds.images.shape), ds.meta.get("preprocessing"))).encode())
     else:
-        h.update(np.ascontiguousarray(ds.images.numpy()).tobytes())
+        ds.images.fingerprint_update(h)
     h.update("\n".join(ds.ids).encode())
     h.update(ds.labels.tobytes())
     if ds.roles is not None:

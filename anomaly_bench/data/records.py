@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from anomaly_bench.core.errors import DataError
+from anomaly_bench.core.image_array import ImageArray
 
 HEALTHY, DISEASED = 0, 1
 
@@ -21,7 +22,9 @@ PREDEFINED_ROLES = ("", "train", "test", "mixed", "healthy")
 class ImageDataset:
     """Labelled images, decoded once.
 
-    * ``images``: ``(N, 1, H, W)`` float32 in ``[-1, 1]``.
+    * ``images``: ``(N, 1, H, W)`` :class:`ImageArray`: stored compactly (uint8 / float16 as decoded, possibly
+      memory-mapped from the decode cache; or float32 in ``[-1, 1]``); indexing gives float32 ``[-1, 1]``
+      tensors. A float tensor given here is kept as float32.
     * ``labels``: ``(N,)`` int64, 0 = healthy, 1 = diseased (hidden from methods for set A).
     * ``ids``: unique id per image (relative path, or ``"<split>/<index>"``).
     * ``subjects``: subject/patient id per image, or ``None`` when the data has none (each image is its
@@ -34,7 +37,7 @@ class ImageDataset:
     """
 
     name: str
-    images: torch.Tensor
+    images: ImageArray
     labels: np.ndarray
     ids: list[str]
     subjects: list[str] | None = None
@@ -50,7 +53,8 @@ class ImageDataset:
             raise DataError(f"dataset '{self.name}': no images were found; check the data root and the class mapping")
         if self.images.ndim != 4 or self.images.shape[1] != 1:
             raise DataError(f"dataset '{self.name}': images must be (N, 1, H, W), got {tuple(self.images.shape)}")
-        self.images = self.images.float().contiguous()
+        if not isinstance(self.images, ImageArray):
+            self.images = ImageArray(torch.as_tensor(self.images).float().contiguous())
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         for attr in ("labels", "ids", "subjects", "masks", "roles", "dup_groups", "classes"):
             v = getattr(self, attr)
@@ -81,7 +85,7 @@ class ImageDataset:
     def fingerprint(self) -> str:
         """sha256 over pixels, labels and ids: two runs on the same data print the same value."""
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.images.numpy()).tobytes())
+        self.images.fingerprint_update(h)
         h.update(self.labels.tobytes())
         h.update("\n".join(self.ids).encode())
         return h.hexdigest()[:16]
@@ -96,7 +100,7 @@ class ImageDataset:
                 return [v[i] for i in idx]
             return v[idx]
 
-        return ImageDataset(self.name, self.images[torch.as_tensor(idx)], self.labels[idx],
+        return ImageDataset(self.name, self.images.take(idx), self.labels[idx],
                             pick(self.ids), pick(self.subjects), pick(self.masks), pick(self.roles),
                             pick(self.dup_groups), pick(self.classes), dict(self.meta))
 

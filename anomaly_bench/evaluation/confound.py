@@ -25,6 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from anomaly_bench.core.image_array import ImageArray
+
 #: statistic key -> the words a reader sees
 STATISTICS: dict[str, str] = {"mean": "mean intensity", "sd": "intensity sd", "entropy": "intensity entropy",
                               "background": "background fraction"}
@@ -45,7 +47,11 @@ def _flat(images: Any) -> np.ndarray:
 
 def trivial_statistics(images: Any) -> dict[str, np.ndarray]:
     """Per-image arrays of every statistic of :data:`STATISTICS` for ``images`` ((N, 1, H, W) or (N, H, W),
-    values in [-1, 1]; a torch tensor or an array)."""
+    values in [-1, 1]; a torch tensor, an array or an :class:`ImageArray`, read 4,096 images at a time)."""
+    if isinstance(images, ImageArray):
+        parts = [trivial_statistics(images[lo:lo + 4096]) for lo in range(0, len(images), 4096)] or \
+            [trivial_statistics(np.zeros((0, 1), np.float32))]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     x = _flat(images)
     n, p = x.shape
     bins = np.clip(np.floor((x + 1.0) * (ENTROPY_BINS / 2.0)), 0, ENTROPY_BINS - 1).astype(np.int64)

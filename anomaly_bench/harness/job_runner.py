@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from anomaly_bench.core.config import method_params
-from anomaly_bench.core.errors import BenchError, ConfigError
+from anomaly_bench.core.errors import ConfigError
 from anomaly_bench.core.experiment import Experiment
 from anomaly_bench.core.interface import FitContext, ScoreResult, resolve_device
 from anomaly_bench.core.registry import get_method, load_plugin
@@ -30,6 +30,7 @@ from anomaly_bench.data.split import Split
 from anomaly_bench.evaluation.health import apply_heldout_rule, job_health
 from anomaly_bench.evaluation.metrics import label_free_threshold, pixel_metrics
 from anomaly_bench.harness.jobs import Job, build_train_sets, restart_if_changed
+from anomaly_bench.harness.scoring import HEALTH_MAX_IMAGES, mean_of, score_images
 from anomaly_bench.harness.selection import select_checkpoint
 from anomaly_bench.harness.versions import versions
 from anomaly_bench.nn.common import seed_everything
@@ -47,28 +48,6 @@ def map_indices(ds: ImageDataset, test_idx: np.ndarray, k: int) -> np.ndarray:
     healthy = test_idx[lab == 0]
     kd = min(len(dis), (k + 1) // 2)
     return np.concatenate([dis[:kd], healthy[: k - kd]])
-
-
-def check_result(res: Any, hw: tuple, n: int, method: str, what: str) -> None:
-    """A method's :class:`ScoreResult` for ``n`` images (``what``: which ones) of size ``hw`` is usable: one finite
-    score per image, maps (if any) ``(n, H, W)``; else a :class:`BenchError` naming the method and the shapes
-    (the job fails: a diverged model's NaN scores must not be tabled as a result)."""
-    hw = tuple(hw[-2:])
-    if not isinstance(res, ScoreResult):
-        raise BenchError(f"method '{method}': score() returned {type(res).__name__}, not a ScoreResult ({what})")
-    if res.scores.shape != (n,):
-        raise BenchError(f"method '{method}': score() returned {res.scores.size} scores for {n} {what}")
-    bad = int((~np.isfinite(res.scores)).sum())
-    if bad:
-        raise BenchError(f"method '{method}' returned {bad} non-finite scores of {n} {what}: the model diverged "
-                         f"or its score is undefined; fix the method or its parameters")
-    if res.maps is not None and res.maps.shape != (n, *hw):
-        raise BenchError(f"method '{method}': anomaly maps of shape {res.maps.shape} for {n} {what} of "
-                         f"{hw[0]}x{hw[1]} pixels; expected {(n, *hw)} (one map per image, at its size)")
-    rec = res.reconstructions
-    if rec is not None and (rec.ndim != 3 or len(rec) != n):
-        raise BenchError(f"method '{method}': reconstructions of shape {rec.shape} for {n} {what}; "
-                         f"expected (n, H, W)")
 
 
 class JobRunner:
@@ -120,7 +99,7 @@ class JobRunner:
                          progress=self.progress, description=f"{job.dataset}/{m.key}/s{job.seed}",
                          on_event=lambda msg: self.echo(f"  {msg}"))
         try:
-            train = build_train_sets(ds, split, train_sets)
+            train = build_train_sets(ds, split, train_sets, stream=cls.streams_images)
             meta["n_train"] = {"healthy": len(train.healthy), "mixed": 0 if train.mixed is None else len(train.mixed)}
             seed_everything(job.seed)
             model = cls(**params)
@@ -176,9 +155,9 @@ class JobRunner:
             idx = split.indices(SETTING_ROLE[setting])
             if len(idx) == 0:
                 continue
-            res = model.score(ds.images[torch.as_tensor(idx)])
-            check_result(res, ds.images.shape, len(idx), job.method.key,
-                         f"{SETTING_ROLE[setting]}-set images ({setting} setting)")
+            res = score_images(model, ds.images.take(idx), job.method.key,
+                               f"{SETTING_ROLE[setting]}-set images ({setting} setting)",
+                               keep_maps=setting == "inductive" and ds.masks is not None, keep_reconstructions=False)
             if setting == "inductive":
                 test_result = res
             frames.append(pd.DataFrame({
@@ -196,8 +175,8 @@ class JobRunner:
         idx = split.indices("holdout_healthy")
         if len(idx) == 0:
             return {"threshold": np.nan, "subject_threshold": np.nan}, None
-        res = model.score(ds.images[torch.as_tensor(idx)])
-        check_result(res, ds.images.shape, len(idx), method, "held-out healthy images (label-free threshold)")
+        res = score_images(model, ds.images.take(idx), method, "held-out healthy images (label-free threshold)",
+                           keep_maps=False, max_kept=HEALTH_MAX_IMAGES)
         h = np.asarray(res.scores, dtype=np.float64)
         q = self.exp.threshold_specificity
         subj = pd.Series(h).groupby(np.asarray([ds.subject_ids[i] for i in idx], dtype=object)).mean()
@@ -207,8 +186,8 @@ class JobRunner:
         """``job.json["health"]``: the final model's reconstructions of the held-out healthy images (the scoring
         the thresholds already did) against the images and against the mean training image of set B, and the
         loss log (:func:`anomaly_bench.evaluation.health.job_health`)."""
-        idx = split.indices("holdout_healthy")
-        mean_image = ds.images[torch.as_tensor(split.indices("healthy"))].double().mean(0)
+        idx = split.indices("holdout_healthy")[:HEALTH_MAX_IMAGES]  # the images whose reconstructions were kept
+        mean_image = mean_of(ds.images.take(split.indices("healthy")))
         return job_health(ds.images[torch.as_tensor(idx)], None if holdout is None else holdout.reconstructions,
                           mean_image, jf.read_losses(), health_loss=cls.health_loss,
                           health_rows=cls.health_loss_rows, critic_rows=cls.health_critic_rows,
@@ -223,8 +202,8 @@ class JobRunner:
                                  "skipped: empty hold-out sets (split.holdout_fraction)")
             return []
         test = split.indices("test")
-        sel = select_checkpoint(model, ctx.selection_checkpoints, ds.images[torch.as_tensor(hm)],
-                                ds.images[torch.as_tensor(hh)], ds.images[torch.as_tensor(test)], ds.labels[test])
+        sel = select_checkpoint(model, ctx.selection_checkpoints, ds.images.take(hm), ds.images.take(hh),
+                                ds.images.take(test), ds.labels[test])
         job.folder.write_selection(sel.table)
         apply_heldout_rule(meta.get("health"), sel.table)
         meta["selection"] = {"rule": "max pseudo-AUC on held-out A vs B", "best_iteration": sel.best_iteration,
@@ -237,8 +216,7 @@ class JobRunner:
         idx = map_indices(ds, split.indices("test"), self.exp.n_maps)
         if len(idx) == 0:
             return
-        res = model.score(ds.images[torch.as_tensor(idx)])
-        check_result(res, ds.images.shape, len(idx), job.method.key, "map-gallery test images")
+        res = score_images(model, ds.images.take(idx), job.method.key, "map-gallery test images")
         arrays = {"images": ds.images[torch.as_tensor(idx)][:, 0].numpy(), "labels": ds.labels[idx],
                   "ids": np.array([ds.ids[i] for i in idx]), "scores": res.scores}
         if res.maps is not None:

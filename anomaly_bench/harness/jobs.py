@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from anomaly_bench.core.errors import DataError
@@ -69,14 +70,19 @@ def split_config_for(ds: ImageDataset, spec: DatasetSpec, exp: Experiment) -> Sp
                                  where=f"dataset '{ds.name}' split")
 
 
-def build_train_sets(ds: ImageDataset, split: Split, train_sets: str) -> TrainSets:
-    b = ds.images[torch.as_tensor(split.indices("healthy"))]
-    a_idx = split.indices("mixed")
-    a = ds.images[torch.as_tensor(a_idx)] if len(a_idx) else None
+def build_train_sets(ds: ImageDataset, split: Split, train_sets: str, stream: bool = False) -> TrainSets:
+    """The job's training sets: views of the dataset's compact images for a method that streams them
+    (``AnomalyMethod.streams_images``), else float32 tensors (a copy of just these images)."""
+    def pick(idx):
+        return ds.images.take(idx) if stream else ds.images[torch.as_tensor(idx)]
+
+    b_idx, a_idx = split.indices("healthy"), split.indices("mixed")
+    b = pick(b_idx)
+    a = pick(a_idx) if len(a_idx) else None
     if train_sets == "healthy":
         return TrainSets(healthy=b)
     if train_sets == "mixed_union":
-        return TrainSets(healthy=b if a is None else torch.cat([b, a]))
+        return TrainSets(healthy=b if a is None else pick(np.r_[b_idx, a_idx]))
     if a is None:
         raise DataError(f"dataset '{ds.name}': mixed set A is empty but the method trains on mixed+healthy; "
                         f"give A images with split.mixed_size / mixed_diseased_fraction (in the dataset card's or "

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 import yaml
 
 from anomaly_bench.core.errors import BenchError, DataError
@@ -199,7 +198,7 @@ def _confound(ds: ImageDataset, split: Split) -> dict[str, Any]:
     """The test set's confound check (:mod:`anomaly_bench.evaluation.confound`): per label-free statistic its
     AUC, and whether any is far from 0.5. No training; the transductive (mixed) set is not checked."""
     idx = split.indices("test")
-    return confound_record(ds.images[torch.as_tensor(idx)], ds.labels[idx])
+    return confound_record(ds.images.take(idx), ds.labels[idx])
 
 
 def _short_dup(rep: dict | None) -> dict | None:

@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.core.interface import AnomalyMethod
 from anomaly_bench.evaluation.health import image_quality, nan_quality
+from anomaly_bench.harness.scoring import HEALTH_MAX_IMAGES, as_image_array, score_images
 
 
 @dataclass
@@ -55,14 +56,19 @@ def select_checkpoint(method: AnomalyMethod, checkpoints: list[tuple[int, Path]]
     rows = []
     for it, path in checkpoints:
         method.load_checkpoint(path)
-        mixed = method.score(holdout_mixed)  # A first, then B: the order scoring always had
-        healthy = method.score(holdout_healthy)
+        name = f"{method.name or type(method).__name__} checkpoint {it}"
+        # A first, then B: the order scoring always had
+        mixed = score_images(method, holdout_mixed, name, "held-out set A images", keep_maps=False,
+                             keep_reconstructions=False)
+        healthy = score_images(method, holdout_healthy, name, "held-out healthy images", keep_maps=False,
+                               max_kept=HEALTH_MAX_IMAGES)
         aucp = pseudo_auc(mixed.scores, healthy.scores)
         rec = healthy.reconstructions
-        quality = nan_quality() if rec is None else image_quality(rec, holdout_healthy)
+        quality = nan_quality() if rec is None else image_quality(rec, as_image_array(holdout_healthy)[:len(rec)])
         oracle = float("nan")
         if oracle_images is not None and oracle_labels is not None and len(set(oracle_labels.tolist())) == 2:
-            s = method.score(oracle_images).scores
+            s = score_images(method, oracle_images, name, "test images (oracle column)", keep_maps=False,
+                             keep_reconstructions=False).scores
             if np.all(np.isfinite(s)):
                 oracle = float(roc_auc_score(oracle_labels, s))
         rows.append({"iteration": it, "checkpoint": str(path), "aucp": aucp, "oracle_test_auc": oracle,

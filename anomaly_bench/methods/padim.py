@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import select
 from anomaly_bench.core.interface import FitContext, TrainSets, register_method
 from anomaly_bench.nn.anomalib_wrap import SHARED_CHOICES, SHARED_DEFAULTS, AnomalibWrapper
 from anomaly_bench.nn.common import seed_everything
@@ -64,7 +65,7 @@ class Padim(AnomalibWrapper):
         fixed = 3 * c * c * h * w * 4 + h * w * c * 4   # covariance, its stabilised copy, inverse; mean
         keep = self._memory_plan(len(train.healthy), per_image, fixed,
                                  f"embeddings {c}x{h}x{w} per image + {h * w} covariances {c}x{c}", ctx)
-        images = train.healthy if keep is None else train.healthy[keep]
+        images = train.healthy if keep is None else select(train.healthy, keep)
         bank = torch.empty(len(images), c, h, w, dtype=torch.get_default_dtype(), device=self.device)
         self._extract_into(model, images, bank, ctx, store="memory_bank")
         ctx.info(f"padim: fitting {h * w} Gaussians of dimension {c} on {len(images)} images")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import select
 from anomaly_bench.core.interface import FitContext, TrainSets, register_method
 from anomaly_bench.nn.anomalib_wrap import SHARED_CHOICES, SHARED_DEFAULTS, AnomalibWrapper
 from anomaly_bench.nn.common import seed_everything
@@ -77,7 +78,7 @@ class Patchcore(AnomalibWrapper):
         per_image = h * w * (dim * 4 + (proj * 4 + extra) * rows / n_rows)
         keep = self._memory_plan(n_img, per_image, 0.0,
                                  f"{h * w} patches x {dim}-d per image + {proj}-d projection for the coreset", ctx)
-        images = train.healthy if keep is None else train.healthy[keep]
+        images = train.healthy if keep is None else select(train.healthy, keep)
         bank = torch.empty(len(images) * h * w, dim, dtype=torch.get_default_dtype(), device=self.device)
         self._extract_into(model, images, bank, ctx, store="embedding_store")
         size = coreset_size(len(bank), p["coreset_sampling_ratio"])

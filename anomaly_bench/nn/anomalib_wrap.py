@@ -88,6 +88,7 @@ def feature_layer_names(backbone: str) -> list[str]:
 
 class AnomalibWrapper(AnomalyMethod):
     """Base for methods that wrap an anomalib torch model (subclasses: PaDiM, PatchCore)."""
+    streams_images = True  # features are extracted batch by batch from images[i:j] (issue 24)
 
     default_train_sets: ClassVar[str] = "healthy"
     state_format: ClassVar[int] = 1

@@ -98,6 +98,7 @@ def step_logits(nets: dict[str, nn.Module], x: torch.Tensor, z: torch.Tensor, st
 @register_method("alad")
 class ALAD(AnomalyMethod):
     """ALAD (Zenati et al., ICDM 2018). See the module docstring for code-faithfulness and deviations."""
+    streams_images = True  # fit reads its training images by index only (issue 24)
 
     default_train_sets = "healthy"
     health_loss = "cost_x"  # training-health check: D_xx's cycle-consistency term (losses.csv)

@@ -20,6 +20,7 @@ from anomaly_bench.nn.common import map_batches, seed_everything
 @register_method("autoencoder")
 class Autoencoder(AnomalyMethod):
     """Convolutional autoencoder trained on healthy set B (see module docstring)."""
+    streams_images = True  # fit reads its training images by index only (issue 24)
 
     default_train_sets = "healthy"
     health_loss = "recon"  # its reconstruction/translation term in losses.csv (training-health check)

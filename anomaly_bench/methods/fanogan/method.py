@@ -72,6 +72,7 @@ class FAnoGAN(AnomalyMethod):
 
     See the module docstring for what follows tSchlegl/f-AnoGAN and where (and why) we deviate.
     """
+    streams_images = True  # fit reads its training images by index only (issue 24)
 
     default_train_sets = "healthy"
     health_loss = "enc_loss"  # its reconstruction/translation term in losses.csv (training-health check)

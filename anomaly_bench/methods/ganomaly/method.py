@@ -68,6 +68,7 @@ class GANomaly(AnomalyMethod):
 
     See the module docstring for what follows samet-akcay/ganomaly and where (and why) we deviate.
     """
+    streams_images = True  # fit reads its training images by index only (issue 24)
 
     default_train_sets = "healthy"
     health_loss = "g_con"  # its reconstruction/translation term in losses.csv (training-health check)

@@ -73,6 +73,7 @@ class MissingMixedSetError(ConfigError, ValueError):
 class MedAIAnomalyPro(AnomalyMethod):
     """MedAI AnomalyPro (HealthyGAN; Brainomaly with ``head: additive``). See the module docstring for what follows
     the authors' code, where we deviate, and the flags offering the authors' behaviour."""
+    streams_images = True  # fit reads its training images by index only (issue 24)
 
     default_train_sets = "mixed+healthy"
     # training-health check: the identity error |x_B - B_int(x_B)| (both heads log it), the translation the
