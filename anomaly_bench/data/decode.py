@@ -88,31 +88,43 @@ def decode_files(paths: Sequence[str | Path], image_size: int, prep: Preprocessi
 
 def _decode_uncached(paths: list[str], image_size: int, prep: Preprocessing, desc: str
                      ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    results: list[Any] = [None] * len(paths)
+    """Decode into one preallocated uint8 array (no per-image list of arrays: a large set is held once); a
+    high-bit-depth file is kept aside as float and, if there is one, the set is stored as float16 throughout."""
+    n = len(paths)
+    buf = np.zeros((n, image_size, image_size), dtype=np.uint8)
+    high: dict[int, np.ndarray] = {}
+    sha: list[str | None] = [None] * n
+    bad: dict[int, BadImage] = {}
 
     def work(i: int) -> None:
         try:
-            results[i] = _decode_one(paths[i], image_size, prep)
+            a, sha[i] = _decode_one(paths[i], image_size, prep)
+            if a.dtype == np.uint8:
+                buf[i] = a
+            else:
+                high[i] = a
         except BadImage as exc:
-            results[i] = exc
+            bad[i] = exc
         except Exception as exc:  # any other decoder failure is still a bad file, not a crash
-            results[i] = BadImage(f"cannot decode ({type(exc).__name__}: {exc})")
+            bad[i] = BadImage(f"cannot decode ({type(exc).__name__}: {exc})")
 
-    _run_parallel(work, len(paths), desc)
-    ok = [i for i, r in enumerate(results) if not isinstance(r, BadImage)]
-    failed = [(str(paths[i]), str(r)) for i, r in enumerate(results) if isinstance(r, BadImage)]
-    dtype = "uint8" if all(results[i][0].dtype == np.uint8 for i in ok) else "float16"
-    stored = np.zeros((len(ok), image_size, image_size), dtype=np.uint8 if dtype == "uint8" else np.float16)
-    for j, i in enumerate(ok):
-        a = results[i][0]
-        if dtype == "uint8":
-            stored[j] = a
-        else:  # a set mixing 8-bit and high-bit-depth files is stored as float16 throughout
-            stored[j] = quantize(a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a, "float16")
+    _run_parallel(work, n, desc)
+    ok = [i for i in range(n) if i not in bad]
+    failed = [(str(paths[i]), str(bad[i])) for i in sorted(bad)]
+    if high:  # a set mixing 8-bit and high-bit-depth files is stored as float16 throughout
+        stored = np.zeros((len(ok), image_size, image_size), dtype=np.float16)
+        for j, i in enumerate(ok):
+            a = high.get(i)
+            stored[j] = quantize(buf[i].astype(np.float32) / 255.0 if a is None else a, "float16")
+    else:
+        for j, i in enumerate(ok):  # close the gaps of bad files in place (j <= i)
+            if j != i:
+                buf[j] = buf[i]
+        stored = buf[:len(ok)]
     # an unreadable file (permissions, I/O) may be fixed without changing its size/mtime: do not cache that
     no_store = any(r.startswith(READ_FAILURE) for _, r in failed)
     return ({"stored": stored, "kept": np.asarray(ok, dtype=np.int64)},
-            {"failed": failed, "sha256": [results[i][1] for i in ok], cache_mod.NO_STORE: no_store})
+            {"failed": failed, "sha256": [sha[i] for i in ok], cache_mod.NO_STORE: no_store})
 
 
 def _run_parallel(work: Callable[[int], None], n: int, desc: str) -> None:

@@ -133,20 +133,24 @@ def phash64(images_u8: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4)
     flattened, most significant first), identical to ``imagehash.phash`` on the same ``L`` image."""
     if hash_size != 8:
         raise ValueError("phash64 packs 64-bit hashes: hash_size must be 8")
-    n = len(images_u8)
+    n, chunk = len(images_u8), 4096  # thumbnails of 4,096 images at a time (float64: 32 MB)
     side = hash_size * highfreq_factor
-    thumbs = np.empty((n, side, side), dtype=np.float64)
-    for i in range(n):
-        thumbs[i] = np.asarray(Image.fromarray(images_u8[i], mode="L").resize((side, side),
-                                                                                Image.Resampling.LANCZOS))
     # only the top-left hash_size x hash_size block of scipy.fftpack.dct (type II, unnormalised) along both
     # axes is needed: two small matrix products instead of two full transforms
     k = np.arange(hash_size)[:, None]
     basis = 2.0 * np.cos(np.pi * k * (2 * np.arange(side)[None, :] + 1) / (2 * side))  # (hash_size, side)
-    low = (basis @ thumbs @ basis.T).reshape(n, -1)
-    bits = low > np.median(low, axis=1, keepdims=True)
     weights = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
-    return (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    out = np.zeros(n, dtype=np.uint64)
+    for lo in range(0, n, chunk):
+        m = min(chunk, n - lo)
+        thumbs = np.empty((m, side, side), dtype=np.float64)
+        for i in range(m):
+            thumbs[i] = np.asarray(Image.fromarray(np.asarray(images_u8[lo + i]), mode="L").resize(
+                (side, side), Image.Resampling.LANCZOS))
+        low = (basis @ thumbs @ basis.T).reshape(m, -1)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        out[lo:lo + m] = (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return out
 
 
 def popcount64(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""Benchmark: peak memory of one job on a paper-scale set, and of two Ray tasks on one node (issue 24).
+
+    python benchmarks/bench_memory.py --root /tmp/bench-mem                 # 50,000 x 256 px: AE + PaDiM, ci
+    python benchmarks/bench_memory.py --root /tmp/bench-mem --ray           # + two Ray tasks on this node
+    python benchmarks/bench_memory.py --root /tmp/bench-mem --tree ../old   # the same jobs with another checkout
+
+1. Generates once, under ``--root`` (outside the repository), a class-folder set of ``--n`` PNGs of ``--size`` px:
+   ``NORMAL/`` and ``ABNORMAL/`` (90 % / 10 %), smooth random fields (an abnormal one carries a bright disc).
+2. Decodes it in a process of its own (the decode cache, ``$ANOMALY_BENCH_CACHE`` or ``--cache``), whose peak RSS
+   is printed too: a user's first run pays it once.
+3. Runs each ``--methods`` job (profile ``ci``, seed 0, inductive, ``--iterations`` training iterations: the
+   memory a job holds does not grow with them) as ``anomaly-bench run`` in a fresh process and reads its peak
+   RSS (``os.wait4``: the child's ``ru_maxrss``; memory-mapped image pages it touched count). Loading a set
+   reads every image (fingerprint, duplicate check), so every page of the images is resident in each job.
+   Split: ``--test-size`` test images and a ``--mixed-size`` set A; set B is the rest.
+4. ``--ray``: the first method as two Ray tasks (seeds 0 and 1) at once on this node; every 0.5 s it sums the
+   PSS (proportional set size, ``/proc/<pid>/smaps_rollup``) of every process of the run: pages shared through
+   the memory-mapped cache count once across the processes that map them, so the sum is what the node holds.
+   Compared with one uint8 copy of the images (shared) and two (doubled).
+
+Prints one table: peak RSS (GB), its ratio to the uint8 size of the set, and the model-free excess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def generate(root: Path, n: int, size: int, seed: int = 0) -> None:
+    """``root/NORMAL``, ``root/ABNORMAL``: ``n`` PNGs, smooth fields (bilinear up-sampled 8x8 noise)."""
+    from PIL import Image
+
+    done = root / f".complete_{n}_{size}"
+    if done.is_file():
+        return
+    rng = np.random.default_rng(seed)
+    n_ab = n // 10
+    yy, xx = np.mgrid[0:size, 0:size]
+    for cls, count in (("NORMAL", n - n_ab), ("ABNORMAL", n_ab)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            low = rng.integers(40, 200, (8, 8), dtype=np.uint8)
+            img = np.asarray(Image.fromarray(low).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+            if cls == "ABNORMAL":
+                cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+                disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (size // 10) ** 2
+                img = np.where(disc, 250, img).astype(np.uint8)
+            Image.fromarray(img).save(root / cls / f"{i:06d}.png", compress_level=1)
+            if (i + 1) % 5000 == 0:
+                print(f"  generated {cls} {i + 1}/{count}", flush=True)
+    done.write_text("ok\n")
+
+
+def run_child(cmd: list[str], env: dict[str, str], sample_pss: bool = False) -> tuple[float, float | None, float]:
+    """(peak RSS of the child in GB, peak summed PSS of the child's process tree in GB or None, seconds)."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_pss, stop = [0.0], threading.Event()
+
+    def sampler() -> None:
+        while not stop.wait(0.5):
+            peak_pss[0] = max(peak_pss[0], tree_pss_gb(proc.pid))
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    if sample_pss:
+        thread.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    stop.set()
+    if status != 0:
+        sys.exit(f"child failed (status {status}): {' '.join(cmd)}\n{out[-3000:]}")
+    return usage.ru_maxrss / 2**20, (peak_pss[0] if sample_pss else None), time.time() - t0
+
+
+def tree_pss_gb(root_pid: int) -> float:
+    """Summed PSS (GB) of ``root_pid`` and every process descending from it (Ray's raylet and workers included)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            pass
+    return total / 2**20
+
+
+def experiment(path: Path, root: Path, methods: list[str], iterations: int, seeds: list[int], args) -> None:
+    overrides = {"autoencoder": {"iterations": iterations, "checkpoint_every": 0},
+                 "padim": {}, "patchcore": {}}
+    lines = ["name: bench_memory", "profile: ci", f"seeds: {seeds}", "settings: [inductive]",
+             "selection: last", "device: cpu", "datasets:",
+             f"  - {{card: {root}, image_size: {args.size},",
+             f"     split: {{test_size: {args.test_size}, mixed_size: {args.mixed_size}}}}}", "methods:"]
+    for m in methods:
+        lines.append(f"  - {{name: {m}, params: {json.dumps(overrides.get(m, {}))}}}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="folder for the synthetic set (outside the repo)")
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--methods", default="autoencoder,padim")
+    ap.add_argument("--iterations", type=int, default=20, help="training iterations of the autoencoder job")
+    ap.add_argument("--test-size", type=int, default=1000)
+    ap.add_argument("--mixed-size", type=int, default=2000)
+    ap.add_argument("--ray", action="store_true", help="also two Ray tasks of the first method on this node")
+    ap.add_argument("--tree", type=Path, default=REPO, help="the checkout whose code runs (default: this one)")
+    ap.add_argument("--cache", type=Path, default=None, help="decode cache folder (default: $ANOMALY_BENCH_CACHE)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    args.root = args.root.resolve()
+    u8_gb = args.n * args.size * args.size / 2**30
+    print(f"set: {args.n} x {args.size} px under {args.root}: uint8 size {u8_gb:.2f} GB", flush=True)
+    generate(args.root, args.n, args.size)
+    env = {**os.environ, "PYTHONPATH": str(args.tree.resolve()), "MPLBACKEND": "Agg"}
+    if args.cache:
+        env["ANOMALY_BENCH_CACHE"] = str(args.cache)
+    py = [sys.executable, "-m", "anomaly_bench.cli"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = ("from anomaly_bench.data.loading import load_dataset; "
+                f"ds = load_dataset({str(args.root)!r}, image_size={args.size}); print(len(ds))")
+        rss, _, sec = run_child([sys.executable, "-c", warm], env)
+        rows.append(("decode + duplicate check (first load, cached after)", rss, None, sec))
+        for m in args.methods.split(","):
+            cfg = Path(tmp) / f"{m}.yaml"
+            experiment(cfg, args.root, [m], args.iterations, [0], args)
+            rss, _, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_{m}", "--no-progress"],
+                                    env)
+            rows.append((f"{m} (ci, 1 job)", rss, None, sec))
+        if args.ray:
+            m = args.methods.split(",")[0]
+            cfg = Path(tmp) / "ray.yaml"
+            experiment(cfg, args.root, [m], args.iterations, [0, 1], args)
+            rss, pss, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_ray",
+                                            "--executor", "ray", "--no-progress"], env, sample_pss=True)
+            rows.append((f"{m} x2 Ray tasks (summed PSS of the node's run)", pss, None, sec))
+    print(f"\n| what | peak GB | / uint8 size ({u8_gb:.2f} GB) | seconds |\n|---|---|---|---|")
+    for what, gb, _, sec in rows:
+        print(f"| {what} | {gb:.2f} | {gb / u8_gb:.2f} | {sec:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"n": args.n, "size": args.size, "uint8_gb": u8_gb, "tree": str(args.tree),
+                                         "rows": [{"what": w, "peak_gb": g, "seconds": s} for w, g, _, s in rows]},
+                                        indent=1))
+
+
+if __name__ == "__main__":
+    main()
