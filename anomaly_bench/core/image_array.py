@@ -203,3 +203,9 @@ def _as_index(idx: Any, stored: np.ndarray | torch.Tensor, n: int | None = None)
 def select(images: torch.Tensor | ImageArray, idx: Any) -> torch.Tensor | ImageArray:
     """``images[idx]``: a view for an :class:`ImageArray` (no pixels copied), a tensor's rows otherwise."""
     return images.take(idx) if isinstance(images, ImageArray) else images[idx]
+
+
+def batches(images: torch.Tensor | ImageArray, batch_size: int) -> Iterator[torch.Tensor]:
+    """Float batches of ``images`` in order (a tensor: its slices; an :class:`ImageArray`: converted batches)."""
+    for i in range(0, len(images), batch_size):
+        yield images[i:i + batch_size]

@@ -46,6 +46,7 @@ class ImageDataset:
     dup_groups: np.ndarray | None = None
     classes: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: tuple[Any, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -83,12 +84,17 @@ class ImageDataset:
         return list(self.subjects) if self.subjects is not None else list(self.ids)
 
     def fingerprint(self) -> str:
-        """sha256 over pixels, labels and ids: two runs on the same data print the same value."""
+        """sha256 over pixels, labels and ids: two runs on the same data print the same value. Computed once per
+        dataset object (streamed over the images; every job of a run records it)."""
+        key = (id(self.images), self.labels.tobytes(), tuple(self.ids))
+        if self._fingerprint is not None and self._fingerprint[0] == key:
+            return self._fingerprint[1]
         h = hashlib.sha256()
         self.images.fingerprint_update(h)
         h.update(self.labels.tobytes())
         h.update("\n".join(self.ids).encode())
-        return h.hexdigest()[:16]
+        self._fingerprint = (key, h.hexdigest()[:16])
+        return self._fingerprint[1]
 
     def subset(self, idx: np.ndarray) -> "ImageDataset":
         idx = np.asarray(idx, dtype=np.int64)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import batches
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 
 
@@ -43,8 +44,10 @@ class _Statistic(AnomalyMethod):
     default_train_sets = "healthy"
     defaults: dict[str, Any] = {}
 
+    streams_images = True  # fit reads its images 1,024 at a time (issue 24)
+
     def fit(self, train: TrainSets, ctx: FitContext | None = None) -> "_Statistic":
-        scores = self._score_and_map(train.healthy)[0]
+        scores = np.concatenate([self._score_and_map(x)[0] for x in batches(train.healthy, 1024)])
         # for reference only (job.json / state): where the healthy training images lie on this statistic
         self.healthy_ = {"n": int(len(scores)), "mean": float(scores.mean()), "std": float(scores.std())}
         self.fitted_ = True
@@ -98,6 +101,7 @@ class PixelKNN(AnomalyMethod):
 
     default_train_sets = "healthy"
     defaults = {"k": 5, "pool": 4, "batch_size": 64}
+    streams_images = True  # fit pools its images 1,024 at a time (issue 24)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, C, H/pool, W/pool)`` float64 (average pooling)."""
@@ -111,7 +115,7 @@ class PixelKNN(AnomalyMethod):
         h, w = train.image_shape[-2:]
         if h % p["pool"] or w % p["pool"]:
             raise ConfigError(f"{self.name}: image size {h}x{w} is not divisible by pool={p['pool']}")
-        self.bank_ = self._embed(train.healthy).float()
+        self.bank_ = torch.cat([self._embed(x).float() for x in batches(train.healthy, 1024)])
         self.fitted_ = True
         return self
 

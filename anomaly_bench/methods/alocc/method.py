@@ -77,6 +77,9 @@ class ALOCC(AnomalyMethod):
     """ALOCC (Sabokrou et al., CVPR 2018). See the module docstring for code-faithfulness and deviations."""
 
     default_train_sets = "healthy"
+    # not streamed (issue 24): _noisy draws the whole set's noise from one generator in order, so image i's noise
+    # depends on its position in that stream and cannot be drawn for a batch alone without a full-set copy
+    streams_images = False
     health_loss = "r_refine"  # its reconstruction/translation term in losses.csv (training-health check)
     defaults = {
         "epochs": 40,

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, cpu_state
 from anomaly_bench.nn.anomalib_wrap import feature_layer_names, resize_maps, to_backbone_input
@@ -144,6 +145,9 @@ class AnomalibAdapter(AnomalyMethod):
     anomalib_class: ClassVar[str] = ""
     default_train_sets: ClassVar[str] = "healthy"
     in_default_experiment: ClassVar[bool] = False
+    # fit reads its training images by slice (memory bank, CFA centroids, CFLOW calibration) or through the
+    # sampler's index batches only (issue 24); every subclass inherits it
+    streams_images = True
     #: one pass over the training images, then ``module.fit()`` (DFM, DFKDE)
     memory_bank: ClassVar[bool] = False
     #: inputs normalised with the backbone's statistics (False: ``[0, 1]``, DRAEM)
@@ -176,7 +180,7 @@ class AnomalibAdapter(AnomalyMethod):
         """Swap a hard-coded feature extractor; append ``(backbone, model)`` to ``asked`` for the ones that need
         the pretrained weights."""
 
-    def _before_training(self, module: nn.Module, images: torch.Tensor) -> None:
+    def _before_training(self, module: nn.Module, images: torch.Tensor | ImageArray) -> None:
         """What anomalib runs in ``on_train_start`` (CFA: centroids)."""
 
     def _arch(self) -> dict[str, Any]:
@@ -256,7 +260,7 @@ class AnomalibAdapter(AnomalyMethod):
         return self
 
     @torch.no_grad()
-    def _fit_memory_bank(self, module: nn.Module, images: torch.Tensor, ctx: FitContext) -> None:
+    def _fit_memory_bank(self, module: nn.Module, images: torch.Tensor | ImageArray, ctx: FitContext) -> None:
         bs = self.params["batch_size"]
         module.train()
         for i in range(0, len(images), bs):
@@ -264,7 +268,8 @@ class AnomalibAdapter(AnomalyMethod):
         ctx.info(f"{self.name}: fitting anomalib {self.anomalib_class} on {len(images)} images")
         module.fit()
 
-    def _fit_iterative(self, module: nn.Module, images: torch.Tensor, gen: torch.Generator, ctx: FitContext) -> None:
+    def _fit_iterative(self, module: nn.Module, images: torch.Tensor | ImageArray, gen: torch.Generator,
+                       ctx: FitContext) -> None:
         p = self.params
         sampler = BatchSampler(len(images), p["batch_size"], gen, data=images)
         self._per_epoch = sampler.batches_per_epoch

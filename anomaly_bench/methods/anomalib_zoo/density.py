@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.core.interface import FitContext, TrainSets, register_method
 from anomaly_bench.methods.anomalib_zoo.adapter import (
     BACKBONE_DEFAULTS,
@@ -124,9 +125,10 @@ class Cfa(AnomalibAdapter):
         return {"anomalib.models.image.cfa.torch_model.get_feature_extractor": get_feature_extractor}
 
     @torch.no_grad()
-    def _before_training(self, module: nn.Module, images: torch.Tensor) -> None:
-        """anomalib's ``on_train_start``: centroids from the healthy images (in order, batch by batch)."""
+    def _before_training(self, module: nn.Module, images: torch.Tensor | ImageArray) -> None:
+        """anomalib's ``on_train_start``: centroids from the healthy images (in order, batch by batch; anomalib
+        iterates its loader once, so each batch is read and preprocessed only when it is used)."""
         bs = self.params["batch_size"]
-        batches = [self._batch(images[i:i + bs]) for i in range(0, len(images), bs)]
+        batches = (self._batch(images[i:i + bs]) for i in range(0, len(images), bs))
         with patched({"anomalib.models.image.cfa.torch_model.tqdm": lambda it: it}):
             module.model.initialize_centroid(data_loader=batches)

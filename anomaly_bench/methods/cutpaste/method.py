@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_bench.core.errors import ConfigError
+from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.core.interface import AnomalyMethod, FitContext, ScoreResult, TrainSets, register_method
 from anomaly_bench.harness.trainer import BatchSampler, Trainer, check_fitted, check_scorable, cpu_state, train_mode
 from anomaly_bench.methods.cutpaste.augment import VARIANT_VIEWS, training_views
@@ -97,6 +98,8 @@ class CutPaste(AnomalyMethod):
     health_loss = "ce"          # training-health check: the classifier's cross-entropy (losses.csv)
     health_judge_mae = False    # no reconstructions: judged on the loss rule alone
     in_default_experiment = False
+    # fit reads its training images by index (sampler) or slice (the GDE's embedding pass) only (issue 24)
+    streams_images = True
     defaults = {
         "variant": "3way",               # cutpaste | scar | 3way (the paper's best)
         "backbone": PACKAGED_BACKBONE,   # paper: resnet18 (needs weights_file or internet)
@@ -215,7 +218,7 @@ class CutPaste(AnomalyMethod):
         pooled, head, _ = self.net_(self._input(x))
         return pooled if self.gde_["embedding"] == "pool" else head
 
-    def _embeddings(self, images: torch.Tensor) -> np.ndarray:
+    def _embeddings(self, images: torch.Tensor | ImageArray) -> np.ndarray:
         """Embeddings (float64, L2-normalised when the GDE says so) in eval mode, whatever the net's mode."""
         with train_mode([self.net_], False):
             (emb,) = map_batches(self._embed_batch, images, self.params["score_batch_size"], self.device)
@@ -224,7 +227,7 @@ class CutPaste(AnomalyMethod):
             emb = F.normalize(emb, p=2, dim=1)
         return emb.numpy()
 
-    def _fit_density(self, images: torch.Tensor) -> None:
+    def _fit_density(self, images: torch.Tensor | ImageArray) -> None:
         p = self.params
         self.gde_ = {"embedding": p["embedding"], "normalize": p["normalize"], "covariance": p["covariance"]}
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from anomaly_bench.core.image_array import ImageArray
+
 
 def sq_dist(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Per-sample squared Euclidean distance ‖φ(x) − c‖² of representations ``z`` (N, rep_dim) to the centre."""
@@ -41,10 +43,10 @@ def push_from_zero(c: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def initial_centre(net: torch.nn.Module, data: torch.Tensor, batch_size: int, eps: float) -> torch.Tensor:
-    """c = mean of ``net``'s outputs over ``data`` (in consecutive batches), then :func:`push_from_zero`. The net's
-    BatchNorm mode is the caller's (the method's ``centre_bn``; in train mode it keeps the running statistics
-    with :func:`~anomaly_bench.harness.trainer.keep_bn_stats`)."""
+def initial_centre(net: torch.nn.Module, data: torch.Tensor | ImageArray, batch_size: int, eps: float) -> torch.Tensor:
+    """c = mean of ``net``'s outputs over ``data`` (in consecutive batches, read by slice), then
+    :func:`push_from_zero`. The net's BatchNorm mode is the caller's (the method's ``centre_bn``; in train mode it
+    keeps the running statistics with :func:`~anomaly_bench.harness.trainer.keep_bn_stats`)."""
     total, n = None, 0
     for i in range(0, len(data), batch_size):
         z = net(data[i:i + batch_size])

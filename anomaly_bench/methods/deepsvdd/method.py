@@ -81,6 +81,9 @@ class DeepSVDD(AnomalyMethod):
 
     default_train_sets = "healthy"
     in_default_experiment = False
+    # fit reads its training images by index (sampler) or slice (the centre pass) only; the radius uses the
+    # per-batch distances, not the images (issue 24)
+    streams_images = True
     health_loss = "svdd_loss"  # training-health check: the SVDD objective of phase 2 (losses.csv)
     health_loss_rows = {"phase": 2.0}
     # no reconstructions: an image-level distance score, nothing pixel-faithful to judge (as ALAD's semantic G(E(x)))
