@@ -77,7 +77,7 @@ def to_uint8(images: np.ndarray | torch.Tensor | ImageArray, chunk: int = 2048) 
     return ((t.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def thumbnails(images: np.ndarray | torch.Tensor | ImageArray, side: int = THUMB_SIDE, chunk: int = 2048
+def thumbnails(images: np.ndarray | torch.Tensor | ImageArray, side: int = THUMB_SIDE, chunk: int = 512
                ) -> np.ndarray:
     """``(N, side * side)`` float32 thumbnails of ``(N, 1, H, W)`` / ``(N, H, W)`` images (``[-1, 1]`` floats or
     uint8), each row zero-mean and unit-norm, so a row product is the Pearson correlation of two thumbnails.
