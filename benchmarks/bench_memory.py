@@ -85,18 +85,26 @@ def run_child(cmd: list[str], env: dict[str, str], sample_pss: bool = False) -> 
 
 
 def tree_pss_gb(root_pid: int) -> float:
-    """Summed PSS (GB) of ``root_pid`` and every process descending from it (Ray's raylet and workers included)."""
+    """Summed PSS (GB) of ``root_pid``, every process descending from it, and every Ray process of this machine
+    (raylet, GCS, workers: started by ``ray start``, so not the driver's descendants)."""
     children: dict[int, list[int]] = {}
+    ray_pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(d))
-    total, todo = 0, [root_pid]
+            if b"ray::" in cmd or b"default_worker" in cmd or b"raylet" in cmd or b"gcs_server" in cmd:
+                ray_pids.append(int(d))
+    seen, total, todo = set(), 0, [root_pid, *ray_pids]
     while todo:
         pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
         todo += children.get(pid, [])
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -155,13 +163,20 @@ def main() -> None:
             rss, _, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_{m}", "--no-progress"],
                                     env)
             rows.append((f"{m} (ci, 1 job)", rss, None, sec))
-        if args.ray:
+        if args.ray:  # a local Ray node with 4 logical CPUs, so that two 2-CPU tasks run at once on 2 cores
             m = args.methods.split(",")[0]
             cfg = Path(tmp) / "ray.yaml"
             experiment(cfg, args.root, [m], args.iterations, [0, 1], args)
-            rss, pss, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_ray",
-                                            "--executor", "ray", "--no-progress"], env, sample_pss=True)
-            rows.append((f"{m} x2 Ray tasks (summed PSS of the node's run)", pss, None, sec))
+            ray = str(Path(sys.executable).with_name("ray"))
+            subprocess.run([ray, "start", "--head", "--num-cpus", "4", "--include-dashboard", "false"], env=env,
+                           check=True, stdout=subprocess.DEVNULL)
+            try:
+                rss, pss, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_ray", "--executor",
+                                                "ray", "--ray-address", "auto", "--no-progress"], env, sample_pss=True)
+            finally:
+                subprocess.run([ray, "stop", "--force"], env=env, stdout=subprocess.DEVNULL)
+            rows.append((f"{m} x2 Ray tasks at once (summed PSS of the driver and every Ray process)", pss, None,
+                         sec))
     print(f"\n| what | peak GB | / uint8 size ({u8_gb:.2f} GB) | seconds |\n|---|---|---|---|")
     for what, gb, _, sec in rows:
         print(f"| {what} | {gb:.2f} | {gb / u8_gb:.2f} | {sec:.0f} |")

@@ -163,3 +163,17 @@ def test_the_contract_catches_a_method_that_claims_to_stream_but_does_not():
 
     with pytest.raises(AssertionError, match="streams_images = True, but fit\\(\\) failed on ImageArray"):
         check_method(WholeSet)
+
+
+def test_image_quality_in_chunks_equals_the_whole_set():
+    from anomaly_bench.evaluation.health import image_quality
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (70, 1, 16, 16)).astype(np.float32)
+    r = np.clip(x[:, 0] + rng.normal(0, 0.1, (70, 16, 16)), -1, 1).astype(np.float32)
+    whole, parts = image_quality(r, torch.from_numpy(x)), image_quality(r, torch.from_numpy(x), chunk=16)
+    assert whole.keys() == parts.keys()
+    for k in whole:
+        assert abs(whole[k] - parts[k]) <= 1e-9 * max(1.0, abs(whole[k])), (k, whole[k], parts[k])
+    mean = np.broadcast_to(x.mean(0)[0], (70, 16, 16))
+    assert image_quality(mean, x, chunk=16)["mae"] == pytest.approx(image_quality(mean, x)["mae"], rel=1e-12)

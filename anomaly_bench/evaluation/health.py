@@ -68,6 +68,8 @@ FLAG_HELDOUT = f"heldout_mae_gain>{MAX_HELDOUT_GAIN:g}"
 EXTRA_COLUMNS = ("mask_a_mean", "mask_b_mean", "g_id")
 DATA_RANGE = 2.0
 SSIM_SIGMA, SSIM_RADIUS, SSIM_K1, SSIM_K2 = 1.5, 5, 0.01, 0.03
+#: images compared at a time by :func:`image_quality`
+QUALITY_CHUNK = 256
 MIN_PSNR_MSE = 1e-10  # a perfect reconstruction gives 106 dB, not infinity (job.json is plain JSON)
 
 
@@ -123,9 +125,24 @@ def ssim(x: Any, y: Any, data_range: float = DATA_RANGE) -> float:
     return float(np.mean(ssim_per_image(x, y, data_range)))
 
 
-def image_quality(recon: Any, images: Any) -> dict[str, float]:
-    """``{mae, psnr, ssim}`` of reconstructions against their inputs."""
-    return {"mae": mae(recon, images), "psnr": psnr(recon, images), "ssim": ssim(recon, images)}
+def image_quality(recon: Any, images: Any, chunk: int = QUALITY_CHUNK) -> dict[str, float]:
+    """``{mae, psnr, ssim}`` of reconstructions against their inputs. More than ``chunk`` images are compared
+    ``chunk`` at a time (float64 working copies of 256-px images are 0.5 MB each; SSIM holds several), and the
+    per-chunk means are averaged weighted by their image counts (every image has the same pixel count)."""
+    n = _shape(images)[0]
+    if n <= chunk:
+        return {"mae": mae(recon, images), "psnr": psnr(recon, images), "ssim": ssim(recon, images)}
+    parts = [(min(chunk, n - lo), image_quality(recon[lo:lo + chunk], images[lo:lo + chunk], chunk))
+             for lo in range(0, n, chunk)]
+    return {k: float(sum(w * q[k] for w, q in parts) / n) for k in ("mae", "psnr", "ssim")}
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    """The ``(N, H, W)`` shape :func:`_as_images` would give, without converting ``x``."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    if len(shape) == 4:
+        shape = (shape[0], *shape[2:])
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 def nan_quality() -> dict[str, float]:
@@ -270,11 +287,12 @@ def job_health(images: Any, recon: Any, mean_image: Any, losses, *, health_loss=
     ``judge_mae`` False (``AnomalyMethod.health_judge_mae``): the MAE ratio is recorded but not flagged."""
     if losses is None or "iteration" not in losses.columns or len(losses) == 0:
         return {"not_iterative": True}
-    imgs = _as_images(images)
-    base = image_quality(np.broadcast_to(_as_images(mean_image)[0], imgs.shape), imgs) if len(imgs) else None
-    if recon is not None and _as_images(recon).shape != imgs.shape:
+    imgs = images if isinstance(images, (torch.Tensor, np.ndarray)) else np.asarray(images)
+    shape = _shape(imgs)
+    base = image_quality(np.broadcast_to(_as_images(mean_image)[0], shape), imgs) if shape[0] else None
+    if recon is not None and _shape(recon) != shape:
         recon = None  # reconstructions at another size (a plugin's choice) are not compared: loss rule only
-    final = image_quality(recon, imgs) if recon is not None and len(imgs) else None
+    final = image_quality(recon, imgs) if recon is not None and shape[0] else None
     ratio = None
     if final is not None and base is not None and base["mae"] > 0:
         ratio = final["mae"] / base["mae"]

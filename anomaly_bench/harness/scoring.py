@@ -2,7 +2,7 @@
 
 The dataset holds its images compactly (:class:`~anomaly_bench.core.image_array.ImageArray`: uint8, possibly a
 shared memory map). :func:`score_images` gives the method float32 ``[-1, 1]`` tensors of at most
-``SCORE_CHUNK_BYTES`` at a time (16,384 images at 64 px, 1,024 at 256 px) and concatenates the scores, so no
+``SCORE_CHUNK_BYTES`` at a time (4,096 images at 64 px, 256 at 256 px) and concatenates the scores, so no
 full-set float copy exists. Maps and reconstructions are kept only when the caller needs them (pixel metrics,
 the map gallery) and reconstructions for at most ``max_kept`` images (the training-health check).
 
@@ -23,9 +23,9 @@ from anomaly_bench.core.image_array import ImageArray
 from anomaly_bench.core.sets import ScoreResult
 
 #: float32 bytes of the images handed to one ``score`` call
-SCORE_CHUNK_BYTES = 256 * 2**20
+SCORE_CHUNK_BYTES = 64 * 2**20
 #: held-out healthy images whose reconstructions the training-health check compares (the first ones)
-HEALTH_MAX_IMAGES = 1024
+HEALTH_MAX_IMAGES = 512
 
 
 def as_image_array(images: Any) -> ImageArray:
