@@ -18,7 +18,9 @@
    the memory-mapped cache count once across the processes that map them, so the sum is what the node holds.
    Compared with one uint8 copy of the images (shared) and two (doubled).
 
-Prints one table: peak RSS (GB), its ratio to the uint8 size of the set, and the model-free excess.
+Prints one table: peak RSS (GB) and its ratio to the uint8 size of the set; the peak summed PSS split into
+file-backed pages (the memory-mapped images, counted once however many processes map them) and anonymous memory
+(the model, activations, working copies).
 """
 
 from __future__ import annotations
@@ -63,30 +65,33 @@ def generate(root: Path, n: int, size: int, seed: int = 0) -> None:
     done.write_text("ok\n")
 
 
-def run_child(cmd: list[str], env: dict[str, str], sample_pss: bool = False) -> tuple[float, float | None, float]:
-    """(peak RSS of the child in GB, peak summed PSS of the child's process tree in GB or None, seconds)."""
+def run_child(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run ``cmd``; its peak RSS (``ru_maxrss``, GB) and, sampled every 0.25 s over the child's process tree and
+    every Ray process, the peak summed PSS with its file-backed part (the memory-mapped images) and anonymous
+    part at that peak (GB), and the seconds it took."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_pss, stop = [0.0], threading.Event()
+    peak, stop = {"pss": 0.0, "file": 0.0, "anon": 0.0}, threading.Event()
 
     def sampler() -> None:
-        while not stop.wait(0.5):
-            peak_pss[0] = max(peak_pss[0], tree_pss_gb(proc.pid))
+        while not stop.wait(0.25):
+            now = tree_pss_gb(proc.pid)
+            if now["pss"] > peak["pss"]:
+                peak.update(now)
 
-    thread = threading.Thread(target=sampler, daemon=True)
-    if sample_pss:
-        thread.start()
+    threading.Thread(target=sampler, daemon=True).start()
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     stop.set()
     if status != 0:
         sys.exit(f"child failed (status {status}): {' '.join(cmd)}\n{out[-3000:]}")
-    return usage.ru_maxrss / 2**20, (peak_pss[0] if sample_pss else None), time.time() - t0
+    return {"rss": usage.ru_maxrss / 2**20, **peak, "seconds": time.time() - t0}
 
 
-def tree_pss_gb(root_pid: int) -> float:
-    """Summed PSS (GB) of ``root_pid``, every process descending from it, and every Ray process of this machine
-    (raylet, GCS, workers: started by ``ray start``, so not the driver's descendants)."""
+def tree_pss_gb(root_pid: int) -> dict[str, float]:
+    """Summed PSS, its file-backed and anonymous parts (GB) of ``root_pid``, every process descending from it and
+    every Ray process of this machine (raylet, GCS, workers: started by ``ray start``, not the driver's
+    descendants)."""
     children: dict[int, list[int]] = {}
     ray_pids = []
     for d in os.listdir("/proc"):
@@ -99,7 +104,9 @@ def tree_pss_gb(root_pid: int) -> float:
             children.setdefault(ppid, []).append(int(d))
             if b"ray::" in cmd or b"default_worker" in cmd or b"raylet" in cmd or b"gcs_server" in cmd:
                 ray_pids.append(int(d))
-    seen, total, todo = set(), 0, [root_pid, *ray_pids]
+    seen, todo = set(), [root_pid, *ray_pids]
+    total = {"pss": 0, "file": 0, "anon": 0}
+    keys = {"Pss:": "pss", "Pss_File:": "file", "Pss_Anon:": "anon"}
     while todo:
         pid = todo.pop()
         if pid in seen:
@@ -108,12 +115,12 @@ def tree_pss_gb(root_pid: int) -> float:
         todo += children.get(pid, [])
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-                    break
+                k = line.split()[0] if line.strip() else ""
+                if k in keys:
+                    total[keys[k]] += int(line.split()[1])
         except OSError:
             pass
-    return total / 2**20
+    return {k: v / 2**20 for k, v in total.items()}
 
 
 def experiment(path: Path, root: Path, methods: list[str], iterations: int, seeds: list[int], args) -> None:
@@ -155,14 +162,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         warm = ("from anomaly_bench.data.loading import load_dataset; "
                 f"ds = load_dataset({str(args.root)!r}, image_size={args.size}); print(len(ds))")
-        rss, _, sec = run_child([sys.executable, "-c", warm], env)
-        rows.append(("decode + duplicate check (first load, cached after)", rss, None, sec))
+        rows.append(("decode + duplicate check (first load, cached after)",
+                     run_child([sys.executable, "-c", warm], env)))
         for m in args.methods.split(","):
             cfg = Path(tmp) / f"{m}.yaml"
             experiment(cfg, args.root, [m], args.iterations, [0], args)
-            rss, _, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_{m}", "--no-progress"],
-                                    env)
-            rows.append((f"{m} (ci, 1 job)", rss, None, sec))
+            rows.append((f"{m} (ci, 1 job)", run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_{m}",
+                                                               "--no-progress"], env)))
         if args.ray:  # a local Ray node with 4 logical CPUs, so that two 2-CPU tasks run at once on 2 cores
             m = args.methods.split(",")[0]
             cfg = Path(tmp) / "ray.yaml"
@@ -171,19 +177,20 @@ def main() -> None:
             subprocess.run([ray, "start", "--head", "--num-cpus", "4", "--include-dashboard", "false"], env=env,
                            check=True, stdout=subprocess.DEVNULL)
             try:
-                rss, pss, sec = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_ray", "--executor",
-                                                "ray", "--ray-address", "auto", "--no-progress"], env, sample_pss=True)
+                res = run_child(py + ["run", "--config", str(cfg), "--out", f"{tmp}/run_ray", "--executor", "ray",
+                                      "--ray-address", "auto", "--no-progress"], env)
             finally:
                 subprocess.run([ray, "stop", "--force"], env=env, stdout=subprocess.DEVNULL)
-            rows.append((f"{m} x2 Ray tasks at once (summed PSS of the driver and every Ray process)", pss, None,
-                         sec))
-    print(f"\n| what | peak GB | / uint8 size ({u8_gb:.2f} GB) | seconds |\n|---|---|---|---|")
-    for what, gb, _, sec in rows:
-        print(f"| {what} | {gb:.2f} | {gb / u8_gb:.2f} | {sec:.0f} |")
+            res["rss"] = float("nan")  # the driver's own RSS says nothing about the node: the PSS columns do
+            rows.append((f"{m} x2 Ray tasks at once (driver + every Ray process)", res))
+    print(f"\n| what | peak RSS GB (/ uint8 {u8_gb:.2f} GB) | peak summed PSS GB = file-backed (images) + anonymous "
+          f"| seconds |\n|---|---|---|---|")
+    for what, r in rows:
+        print(f"| {what} | {r['rss']:.2f} ({r['rss'] / u8_gb:.2f}x) | {r['pss']:.2f} = {r['file']:.2f} + "
+              f"{r['anon']:.2f} | {r['seconds']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"n": args.n, "size": args.size, "uint8_gb": u8_gb, "tree": str(args.tree),
-                                         "rows": [{"what": w, "peak_gb": g, "seconds": s} for w, g, _, s in rows]},
-                                        indent=1))
+                                         "rows": [{"what": w, **r} for w, r in rows]}, indent=1))
 
 
 if __name__ == "__main__":

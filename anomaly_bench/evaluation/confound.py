@@ -47,9 +47,10 @@ def _flat(images: Any) -> np.ndarray:
 
 def trivial_statistics(images: Any) -> dict[str, np.ndarray]:
     """Per-image arrays of every statistic of :data:`STATISTICS` for ``images`` ((N, 1, H, W) or (N, H, W),
-    values in [-1, 1]; a torch tensor, an array or an :class:`ImageArray`, read 4,096 images at a time)."""
-    if isinstance(images, ImageArray):
-        parts = [trivial_statistics(images[lo:lo + 4096]) for lo in range(0, len(images), 4096)] or \
+    values in [-1, 1]; a torch tensor, an array or an :class:`ImageArray`, read in chunks of bounded memory)."""
+    if isinstance(images, ImageArray):  # ~20 working bytes per pixel (int64 bins twice): 64 MiB at a time
+        step = max(1, (64 * 2**20) // (20 * int(np.prod(images.shape[1:]))))
+        parts = [trivial_statistics(images[lo:lo + step]) for lo in range(0, len(images), step)] or \
             [trivial_statistics(np.zeros((0, 1), np.float32))]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     x = _flat(images)
