@@ -177,3 +177,14 @@ def test_image_quality_in_chunks_equals_the_whole_set():
         assert abs(whole[k] - parts[k]) <= 1e-9 * max(1.0, abs(whole[k])), (k, whole[k], parts[k])
     mean = np.broadcast_to(x.mean(0)[0], (70, 16, 16))
     assert image_quality(mean, x, chunk=16)["mae"] == pytest.approx(image_quality(mean, x)["mae"], rel=1e-12)
+
+
+def test_confound_statistics_of_an_image_array_in_chunks_equal_the_tensor_path(monkeypatch):
+    from anomaly_bench.evaluation import confound
+
+    u = _u8(40, 16, seed=4)
+    whole = confound.trivial_statistics(torch.from_numpy(to_model_range(u)))
+    monkeypatch.setattr(confound, "CHUNK_BYTES", 20 * 256 * 7)  # 7 images per chunk
+    parts = confound.trivial_statistics(ImageArray(u))
+    for k in whole:
+        np.testing.assert_array_equal(parts[k], whole[k], err_msg=k)

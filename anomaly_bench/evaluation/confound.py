@@ -34,6 +34,8 @@ STATISTICS: dict[str, str] = {"mean": "mean intensity", "sd": "intensity sd", "e
 ENTROPY_BINS = 64
 #: ``background``: pixels at most this far above the image's minimum (5 % of the [-1, 1] range)
 BACKGROUND_TOL = 0.1
+#: working memory of :func:`trivial_statistics` on an ImageArray (its images are read in chunks of this size)
+CHUNK_BYTES = 64 * 2**20
 #: a statistic warns when its AUC is further than this from 0.5
 WARN_MARGIN = 0.15
 
@@ -48,8 +50,8 @@ def _flat(images: Any) -> np.ndarray:
 def trivial_statistics(images: Any) -> dict[str, np.ndarray]:
     """Per-image arrays of every statistic of :data:`STATISTICS` for ``images`` ((N, 1, H, W) or (N, H, W),
     values in [-1, 1]; a torch tensor, an array or an :class:`ImageArray`, read in chunks of bounded memory)."""
-    if isinstance(images, ImageArray):  # ~20 working bytes per pixel (int64 bins twice): 64 MiB at a time
-        step = max(1, (64 * 2**20) // (20 * int(np.prod(images.shape[1:]))))
+    if isinstance(images, ImageArray):  # ~20 working bytes per pixel (int64 bins twice)
+        step = max(1, CHUNK_BYTES // (20 * int(np.prod(images.shape[1:]))))
         parts = [trivial_statistics(images[lo:lo + step]) for lo in range(0, len(images), step)] or \
             [trivial_statistics(np.zeros((0, 1), np.float32))]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
