@@ -107,6 +107,8 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             if not parsed or min(parsed) < 0:
                 raise BenchError(f"--seeds {seeds!r}: give comma-separated integers >= 0, e.g. 0,1,2")
             exp.seeds = parsed
+            for d in exp.datasets:
+                d.seeds = None  # --seeds applies to every dataset
         if settings:
             exp.settings = list(settings)
         if device:
@@ -123,8 +125,9 @@ def run(config, datasets, methods, profile, seeds, settings, device, out, plugin
             raise BenchError("--ray-address needs --executor ray")
         out_dir = Path(out or Path("runs") / exp.name)
         check_writable(out_dir, "--out")
+        n_seeds = "/".join(str(len(exp.seeds_of(d))) for d in exp.datasets)
         click.echo(f"anomaly-bench run: {len(exp.datasets)} dataset(s) x {len(exp.methods)} method(s) x "
-                   f"{len(exp.seeds)} seed(s), profile '{exp.profile}', output {out_dir}"
+                   f"{n_seeds} seed(s), profile '{exp.profile}', output {out_dir}"
                    + (f", executor ray ({ray_address or 'local'})" if executor == "ray" else ""))
         info = Runner(exp, out_dir, data_root=data_root, progress=not no_progress, executor=executor,
                       ray_address=ray_address).run()

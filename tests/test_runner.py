@@ -158,3 +158,30 @@ def test_cli_rejects_unknown_method_and_bad_experiment_keys(tmp_path):
     bad.write_text("name: x\ndatasets: [phantom]\nmethods: [{name: autoencoder, params: {itertions: 3}}]\n")
     res = CliRunner().invoke(main, ["run", "--config", str(bad), "--out", str(tmp_path / "o3")])
     assert res.exit_code == 2 and "itertions" in res.output
+
+
+def test_a_dataset_runs_its_own_seeds_and_an_older_folder_still_resumes(tmp_path):
+    other = {**TINY_CARD, "name": "tiny2", "phantom": {**TINY_CARD["phantom"], "seed": 6}}
+    exp = tiny_experiment(methods=["example_pixel_knn"], settings=["inductive"], seeds=[0, 1],
+                          datasets=[TINY_CARD, {"card": other, "seeds": [2]}])
+    out = tmp_path / "run"
+    Runner(exp, out, progress=False, echo=lambda s: None).run()
+    jobs = sorted(p.relative_to(out / "jobs").as_posix() for p in (out / "jobs").glob("*/*/seed*"))
+    assert jobs == ["tiny/example_pixel_knn/seed0", "tiny/example_pixel_knn/seed1", "tiny2/example_pixel_knn/seed2"]
+    assert sorted(p.name for p in (out / "splits").glob("*.csv")) == ["tiny2_seed2.csv", "tiny_seed0.csv",
+                                                                     "tiny_seed1.csv"]
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores.groupby("dataset")["seed"].unique().map(sorted).to_dict() == {"tiny": [0, 1], "tiny2": [2]}
+    # a folder written before datasets had `seeds` (no such key in its experiment.yaml) resumes unchanged
+    plain = tiny_experiment(methods=["example_pixel_knn"], settings=["inductive"])
+    old_out = tmp_path / "old"
+    Runner(plain, old_out, progress=False, echo=lambda s: None).run()
+    saved = yaml.safe_load((old_out / "experiment.yaml").read_text())
+    for d in saved["datasets"]:
+        d.pop("seeds", None)
+    (old_out / "experiment.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    lines: list[str] = []
+    Runner(plain, old_out, progress=False, echo=lines.append).run()
+    assert any("done already, skipped" in s for s in lines)
+    with pytest.raises(BenchError, match=r"datasets\[0\]\.seeds"):
+        parse_experiment({"datasets": [{"card": "phantom", "seeds": [-1]}]})

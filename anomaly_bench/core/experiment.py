@@ -12,6 +12,7 @@ selection: last                # the checkpoint rule of the main table: last | a
 datasets:
   - phantom                                  # a card name, a card path or a data path
   - {card: brain_tumor_mri, image_size: 64, split: {test_size: 400}}
+  - {card: chest_xray_pneumonia, seeds: [0]}   # this dataset's seeds (default: the experiment's)
 methods:
   - medai_anomalypro
   - {name: alad, profile: smoke, params: {epochs: 2}, train_sets: mixed_union}
@@ -38,7 +39,7 @@ EXPERIMENT_KEYS = {"name", "profile", "seeds", "settings", "device", "threshold_
                    "datasets", "methods", "plugins", "n_maps", "data_root", "split", "selection"}
 THRESHOLD_RULE_CHOICES = ("holdout_healthy", "youden", "equal_error")
 SELECTION_CHOICES = ("last", "aucp")
-DATASET_KEYS = {"card", "label", "image_size", "split", "data_root", "on_bad_image", "limit_per_class"}
+DATASET_KEYS = {"card", "label", "image_size", "split", "data_root", "on_bad_image", "limit_per_class", "seeds"}
 METHOD_KEYS = {"name", "label", "profile", "params", "train_sets", "selection"}
 #: a method label names its job folder: letters, digits and ``_ . + -``, not starting with a dot
 LABEL_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
@@ -69,6 +70,7 @@ class DatasetSpec:
     data_root: str | None = None
     on_bad_image: str | None = None
     limit_per_class: int | None = None
+    seeds: list[int] | None = None  # this dataset's seeds; None: the experiment's
 
 
 @dataclass
@@ -111,6 +113,10 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def seeds_of(self, spec: DatasetSpec) -> list[int]:
+        """The seeds a dataset runs: its own ``seeds`` where given, else the experiment's."""
+        return list(spec.seeds) if spec.seeds else list(self.seeds)
+
 
 def _dataset_spec(d: Any, where: str) -> DatasetSpec:
     if isinstance(d, str):
@@ -122,6 +128,8 @@ def _dataset_spec(d: Any, where: str) -> DatasetSpec:
     check_keys(d, DATASET_KEYS, where, required={"card"})
     _check_int(d.get("image_size"), f"{where}.image_size", 1)
     _check_int(d.get("limit_per_class"), f"{where}.limit_per_class", 1)
+    if d.get("seeds") is not None:
+        d = {**d, "seeds": check_seeds(d["seeds"], f"{where}.seeds")}
     if d.get("split") is not None and not isinstance(d["split"], dict):
         raise ConfigError(f"{where}.split must be a mapping")
     return DatasetSpec(**d)

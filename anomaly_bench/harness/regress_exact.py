@@ -82,7 +82,7 @@ def _regression_splits(experiment: Path, data_root: str | None, echo: Callable[[
             skipped.append(spec.label or card["name"])
             continue
         ds = load_dataset_for(spec, exp, data_root)
-        split = data_split.make_split(ds, split_config_for(ds, spec, exp), exp.seeds[0])
+        split = data_split.make_split(ds, split_config_for(ds, spec, exp), exp.seeds_of(spec)[0])
         out.append((dataset_label(spec, ds), ds, split))
     if skipped:
         echo(f"regress --exact: splits of {skipped} not checked (no data, or not asked for)")

@@ -46,6 +46,15 @@ def _method_keys(methods: Any) -> list[str] | None:
         return None
 
 
+def _without_unset_dataset_keys(exp: Any) -> Any:
+    """An experiment dict whose dataset entries leave out unset (null) keys, so that a folder written before a
+    dataset key existed (e.g. per-dataset ``seeds``) compares equal to the same experiment read now."""
+    if not isinstance(exp, dict) or not isinstance(exp.get("datasets"), list):
+        return exp
+    return {**exp, "datasets": [{k: v for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+                                for d in exp["datasets"]]}
+
+
 class Runner(JobRunner):
     """``executor``: ``local`` (jobs one after another here) or ``ray`` (one Ray task per job, connecting to
     ``ray_address`` — ``auto``, ``host:port`` or ``ray://…`` — or, when None, to ``$RAY_ADDRESS`` or a local
@@ -91,7 +100,7 @@ class Runner(JobRunner):
         for spec, ds in datasets:
             name = dataset_label(spec, ds)
             split_cfg = split_config_for(ds, spec, exp)
-            for seed in exp.seeds:
+            for seed in exp.seeds_of(spec):
                 split = self._split(ds, name, split_cfg, seed)
                 info["datasets"][name].setdefault("splits", {})[str(seed)] = split.report["counts"]
                 info["datasets"][name].setdefault("confound", {})[str(seed)] = _confound(ds, split)
@@ -130,7 +139,8 @@ class Runner(JobRunner):
         old = folder.read_experiment()
         if old is None or not (folder.run_info_path.is_file() or folder.job_folders()):
             return
-        new = yaml.safe_load(yaml.safe_dump(self.exp.to_dict(), sort_keys=False))
+        new = _without_unset_dataset_keys(yaml.safe_load(yaml.safe_dump(self.exp.to_dict(), sort_keys=False)))
+        old = _without_unset_dataset_keys(old)
         default = yaml.safe_load(yaml.safe_dump(Experiment().to_dict(), sort_keys=False))
         changed = [k for k in {**old, **new} if old.get(k, default.get(k)) != new.get(k, default.get(k))]
         old_keys, new_keys = _method_keys(old.get("methods")), _method_keys(new.get("methods"))
