@@ -283,3 +283,17 @@ def test_mark_counts_seeds_per_dataset_and_keeps_the_bold_contest():
     assert any("gan on d1: 1 of 2 seeds" in n for n in t.notes)
     assert not any("Profile" in n for n in t.notes)  # a paper-profile run gets no reduced-budget note
     assert t.paper.set_index(["method", "dataset"]).at[("gan", "d1"), "auc_cell"].endswith("⚑")
+
+
+def test_mask_statistics_are_shown_per_seed_not_averaged():
+    from anomaly_bench.reporting.health import health_tables
+
+    def job(seed, mask):
+        return {"status": "done", "dataset": "d", "method": "medai_anomalypro", "seed": seed,
+                "health": {"mae_ratio": 0.5, "flags": [], "under_trained": False, "main_loss": "g_id",
+                           "mask_a_mean": mask, "mask_b_mean": mask, "g_id": 0.13}}
+
+    [(ds, rows)] = health_tables([job(0, 0.995), job(1, 0.08)])
+    other = rows[0][-1]
+    assert ds == "d" and "mask_a_mean 0.995 / 0.080" in other and "mask_b_mean 0.995 / 0.080" in other
+    assert "0.537" not in other and "g_id 0.130 / 0.130" in other

@@ -129,6 +129,13 @@ def _f(x: float, fmt: str) -> str:
     return MISSING if not math.isfinite(x) else format(x, fmt)
 
 
+def _per_seed(mh: MethodHealth, key: str) -> str:
+    """A value of each seed in seed order ("0.995 / 0.080"), not their mean: a mask that saturates at 1 in one seed
+    and collapses to 0 in another has a mean of 0.5 that no seed shows."""
+    vals = [r.get(key) for r in mh.judged]
+    return " / ".join(_f(float(v), ".3f") if isinstance(v, (int, float)) else MISSING for v in vals)
+
+
 def _row(mh: MethodHealth) -> list[str]:
     if not mh.records:
         return [mh.method, str(mh.n_done), "not recorded (earlier version)"] + [MISSING] * (len(HEADERS) - 3)
@@ -136,7 +143,7 @@ def _row(mh: MethodHealth) -> list[str]:
         return [mh.method, str(mh.n_done), "not iterative"] + [MISSING] * (len(HEADERS) - 3)
     flags = Counter(f for r in mh.judged for f in r.get("flags") or [])
     losses = ordered_unique(r.get("main_loss") for r in mh.judged if r.get("main_loss"))
-    other = [f"{k} {_f(mh.mean(k), '.3f')}" for k in ("mask_a_mean", "mask_b_mean", "g_id")
+    other = [f"{k} {_per_seed(mh, k)}" for k in ("mask_a_mean", "mask_b_mean", "g_id")
              if any(k in r for r in mh.judged)]
     n_judged = len(mh.judged)
     under = f"{mh.n_flagged} of {n_judged}" + (f" {HEALTH_MARK}" if mh.n_flagged else "")
@@ -171,7 +178,11 @@ def health_explanation() -> str:
             f"{100 * WINDOW:g} % of its logged iterations (least-squares line; positive = still falling). Held-out "
             "MAE gain: how far the best held-out MAE of the checkpoints in that window lies below the best earlier "
             "one; without a gain a training loss that still falls is memorisation, and the loss rule is lifted. Critic "
-            "gap: mean D(real) − D(fake) (f-AnoGAN: its Wasserstein estimate) over the same window. Per-checkpoint "
+            "gap: mean D(real) − D(fake) (f-AnoGAN: its Wasserstein estimate) over the same window. Other: per seed "
+            "(seed order), not averaged; MedAI AnomalyPro's mean masks on A and B and its identity error "
+            "|x_B − B_int| (the ungated translation of healthy training images): with a mask near 0 the output B0 "
+            "mostly copies its input, so a low MAE ratio there says little about the translation, and g_id is "
+            "the measure of it. Per-checkpoint "
             "values: healthy_mae/psnr/ssim in each job's selection.csv; curves: losses_<dataset>.png (losses), "
             "checkpoints_<dataset>.png (healthy MAE ratio and AUCp per checkpoint).")
 
